@@ -1,0 +1,613 @@
+"""The DARTS supernet as a pure function of its variables and architecture.
+
+The architecture is an *input*, never a parameter: the forward pass takes per-edge op
+weights (the softmax of the alphas, :meth:`Supernet.edge_weights`) for the dense path,
+or one op index per edge for the discrete path, so the same weights can be vmapped
+over many architectures, and the alphas can be differentiated through.
+
+Layout (reference.md §4): stem conv3x3 (C_in -> 3C) + BN; ``layers`` cells with
+reductions (stride 2, doubled channels) at ``layers // 3`` and ``2 * layers // 3``;
+global average pool; linear classifier. A cell preprocesses its two inputs (ReLU-Conv-BN
+1x1, or FactorizedReduce after a reduction cell; affine BN as in the reference), then
+each node sums the mixed ops on its incoming edges, and the cell outputs the
+concatenation of its 4 nodes.
+
+Edges are computed in *groups that share an input*: the edges leaving c_{k-2}, those
+leaving c_{k-1}, and those leaving nodes 0, 1 and 2. Within a group every op is traced
+once and vmapped (dense) or scanned with a ``lax.switch`` (discrete) over the group's
+edges, which keeps an 8-cell supernet's compile time low.
+
+Reference semantics (decisions.md): ops whose softmax weight is <= ``eps`` (1e-3)
+contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
+drive normal cells unless ``swap_cells`` (``compat="dartsrl"``) reproduces the
+reference's swap, where reduction cells use the normal weights and vice versa.
+
+References:
+  Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019.
+  Mellor et al., "Neural Architecture Search without Training", ICML 2021.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxdarts import ops as ops_lib
+from jaxdarts.spaces import EDGE_INPUT, EDGE_NODE, NUM_EDGES, NUM_NODES, SearchSpace, get_space
+
+__all__ = ["SupernetConfig", "Supernet", "NwotStats", "EPS"]
+
+#: Ops with softmax weight at or below this contribute nothing (reference MixedOp).
+EPS = 1e-3
+
+# Groups of edges that share an input state: (name, input state index).
+_GROUPS = (("s0", 0), ("s1", 1), ("n0", 2), ("n1", 3), ("n2", 4))
+_GROUP_EDGES = tuple(
+    tuple(e for e in range(NUM_EDGES) if EDGE_INPUT[e] == src) for _, src in _GROUPS
+)
+
+
+class NwotStats(NamedTuple):
+    """Sufficient statistics of the NWOT kernel over the counted ReLUs.
+
+    With binary codes ``c`` (``[B, N]``, 1 where a ReLU input is > 0) the kernel is
+    ``K = c c^T + (1-c)(1-c)^T = n - h_i - h_j + 2 G`` (Mellor et al., Eq. 2).
+
+    Attributes:
+      gram: ``[B, B]`` int32, ``G = sum c c^T`` (units active in both samples).
+      active: ``[B]`` int32, ``h = sum_u c`` (active units per sample).
+      units: int32 scalar, ``n = N_A``, the number of counted units per sample.
+    """
+
+    gram: jax.Array
+    active: jax.Array
+    units: jax.Array
+
+    @staticmethod
+    def zeros(batch: int) -> NwotStats:
+        return NwotStats(
+            jnp.zeros((batch, batch), jnp.int32),
+            jnp.zeros((batch,), jnp.int32),
+            jnp.zeros((), jnp.int32),
+        )
+
+    def kernel(self) -> jax.Array:
+        """``[B, B]`` int32 Hamming kernel ``K = N_A - d_H``."""
+        h = self.active
+        return self.units - h[:, None] - h[None, :] + 2 * self.gram
+
+    def __add__(self, other):  # type: ignore[override]
+        return NwotStats(*(a + b for a, b in zip(self, other, strict=True)))
+
+    def scale(self, m: jax.Array) -> NwotStats:
+        """Multiplies every statistic by the int 0/1 mask ``m``."""
+        m = m.astype(jnp.int32)
+        return NwotStats(self.gram * m, self.active * m, self.units * m)
+
+
+def codes_to_stats(codes: list[jax.Array], batch: int) -> NwotStats:
+    """Reduces a list of ReLU inputs (each ``[B, ...]``) to :class:`NwotStats`.
+
+    The 0/1 Gram matrix of each layer is a float32 matmul at HIGHEST precision: exact
+    while a layer has fewer than 2**24 units per sample (checked), then accumulated in
+    int32.
+    """
+    stats = NwotStats.zeros(batch)
+    for x in codes:
+        c = (x > 0).reshape(batch, -1).astype(jnp.float32)
+        units = c.shape[1]
+        if units >= 2**24:
+            raise ValueError(f"a ReLU with {units} units per sample overflows exact float32")
+        gram = jnp.dot(c, c.T, precision=lax.Precision.HIGHEST)
+        stats = stats + NwotStats(
+            gram.astype(jnp.int32), c.sum(1).astype(jnp.int32), jnp.asarray(units, jnp.int32)
+        )
+    return stats
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+    """Static structure of a supernet.
+
+    Attributes:
+      space: search-space name (``darts``, ``s1``-``s4``, ``nas-bench-201``).
+      channels: C, the channels of the first cells (16 in the paper).
+      layers: number of cells (8 in the paper).
+      num_classes: classifier outputs.
+      stem_multiplier: the stem has ``stem_multiplier * C`` channels.
+      impl: depthwise conv / pool implementation (``auto``, ``shift``, ``xla``).
+      swap_cells: reproduce the reference's normal/reduce swap (``compat="dartsrl"``).
+      eps: ops with softmax weight <= eps are skipped (dense path).
+    """
+
+    space: str = "darts"
+    channels: int = 16
+    layers: int = 8
+    num_classes: int = 10
+    stem_multiplier: int = 3
+    impl: str = "auto"
+    swap_cells: bool = False
+    eps: float = EPS
+
+    def __post_init__(self):
+        get_space(self.space)
+        if self.channels < 2 or self.channels % 2:
+            raise ValueError(f"supernet channels must be an even number >= 2, got {self.channels}")
+        if self.layers < 1:
+            raise ValueError(f"supernet layers must be >= 1, got {self.layers}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        ops_lib.resolve_impl(self.impl)
+
+
+class _CellPlan(NamedTuple):
+    reduce: bool
+    reduce_prev: bool
+    channels: int
+
+
+def _torch_linear_init(fan_in: int):
+    bound = 1.0 / np.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound
+    )
+
+
+class _Head(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.mean(axis=(1, 2))
+        fan_in = x.shape[-1]
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=_torch_linear_init(fan_in),
+            bias_init=_torch_linear_init(fan_in),
+        )(x)
+
+
+class _Stem(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, codes=None):
+        x = ops_lib.Conv(self.features, 3, 1, 1)(x)
+        return ops_lib.BatchNorm(affine=True)(x, train)
+
+
+class Supernet:
+    """A DARTS supernet: static plan plus pure ``init`` / ``apply`` functions.
+
+    Example::
+
+        net = Supernet(SupernetConfig(space="darts", channels=16, layers=8))
+        variables = net.init(jax.random.key(0), (32, 32, 3))
+        wn, wr = net.edge_weights(alpha_normal, alpha_reduce)       # [14, D] each
+        logits, stats, _ = net.apply_dense(variables, wn, wr, images)
+        logits = jax.vmap(net.apply_dense, (None, 0, 0, None))(variables, wns, wrs, x)[0]
+    """
+
+    def __init__(self, config: SupernetConfig):
+        self.config = config
+        self.space: SearchSpace = get_space(config.space)
+        ops = self.space.distinct_ops()
+        # `none` is always available: genotype scoring puts it on absent edges.
+        self.op_names: tuple[str, ...] = ops if "none" in ops else ops + ("none",)
+        self.none_index = self.op_names.index("none")
+        self.num_ops = self.space.num_ops
+        # one-hot scatter from the space's per-edge candidates to op_names: [14, K, D]
+        self._scatter = {}
+        self._index = {}
+        for reduce in (False, True):
+            table = np.array(
+                [[self.op_names.index(o) for o in ops_e] for ops_e in self.space.ops(reduce)]
+            )
+            self._index[reduce] = table
+            self._scatter[reduce] = np.eye(len(self.op_names), dtype=np.float32)[table]
+        c = config.channels
+        plan = []
+        reduce_prev = False
+        for i in range(config.layers):
+            reduce = i in (config.layers // 3, 2 * config.layers // 3)
+            if reduce:
+                c *= 2
+            plan.append(_CellPlan(reduce, reduce_prev, c))
+            reduce_prev = reduce
+        self.plan: tuple[_CellPlan, ...] = tuple(plan)
+        self._stem = _Stem(config.stem_multiplier * config.channels)
+        self._head = _Head(config.num_classes)
+
+    # ------------------------------------------------------------------ modules
+    def _preproc(self, cell: _CellPlan):
+        p0 = (
+            ops_lib.FactorizedReduce(cell.channels, affine=True)
+            if cell.reduce_prev
+            else ops_lib.ReLUConvBN(cell.channels, 1, 1, 0, affine=True)
+        )
+        return p0, ops_lib.ReLUConvBN(cell.channels, 1, 1, 0, affine=True)
+
+    def _op(self, name: str, cell: _CellPlan, group: int) -> nn.Module:
+        stride = 2 if cell.reduce and group < 2 else 1
+        return ops_lib.make_op(name, cell.channels, stride, affine=False, impl=self.config.impl)
+
+    # ------------------------------------------------------------------ init
+    def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+        """Initialises ``{'params': ..., 'batch_stats': ...}`` for images ``[H, W, C_in]``.
+
+        Parameters follow PyTorch's default initialisation (weights and the classifier
+        bias ~ U(+-1/sqrt(fan_in)), BN scale 1 and bias 0); BN running statistics start
+        at mean 0, variance 1. The structure comes from the Flax modules' ``init``
+        under ``jax.eval_shape`` (no compile); the values from a single uniform draw, so
+        initialising costs one small kernel instead of compiling hundreds of inits.
+        """
+        h, w, _ = image_shape
+        if min(h, w) < 8:
+            raise ValueError(f"images must be at least 8x8, got {h}x{w}")
+        shapes = jax.eval_shape(functools.partial(self._init_structure, image_shape=image_shape), key)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+        bounds, sizes = [], []
+        head_fan_in = shapes["params"]["head"]["Dense_0"]["kernel"].shape[0]
+        for path, leaf in leaves:
+            bounds.append(_init_bound(path, leaf.shape, head_fan_in))
+            sizes.append(int(np.prod(leaf.shape)))
+        flat = jax.random.uniform(key, (max(sum(sizes), 1),), jnp.float32, -1.0, 1.0)
+        out, offset = [], 0
+        for (path, leaf), bound, size in zip(leaves, bounds, sizes, strict=True):
+            if isinstance(bound, float):
+                value = flat[offset : offset + size].reshape(leaf.shape) * bound
+                offset += size
+            else:
+                value = jnp.full(leaf.shape, bound[0], leaf.dtype)
+            out.append(value)
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def _init_structure(self, key: jax.Array, image_shape) -> dict[str, Any]:
+        h, w, cin = image_shape
+        x = jnp.zeros((1, h, w, cin), jnp.float32)
+        stem_vars = self._stem.init(key, x)
+        s0 = s1 = self._stem.apply(stem_vars, x)
+        cells = []
+        for cell in self.plan:
+            p0, p1 = self._preproc(cell)
+            v0, v1 = p0.init(key, s0), p1.init(key, s1)
+            x0 = p1.apply(v1, s1)
+            half = jnp.zeros(
+                (1, (x0.shape[1] + 1) // 2, (x0.shape[2] + 1) // 2, x0.shape[3])
+            )
+            groups = {}
+            for g, (gname, _) in enumerate(_GROUPS):
+                gx = half if (g >= 2 and cell.reduce) else x0
+                n_edges = len(_GROUP_EDGES[g])
+                gvars = {}
+                for name in self.op_names:
+                    mod = self._op(name, cell, g)
+                    v = mod.init({"params": key, "noise": key}, gx)
+                    if jax.tree.leaves(v):
+                        gvars[name] = jax.tree.map(
+                            lambda a, n=n_edges: jnp.broadcast_to(a, (n,) + a.shape), v
+                        )
+                groups[gname] = gvars
+            cells.append({"pre0": v0, "pre1": v1, "edges": groups})
+            out = half if cell.reduce else x0
+            s0, s1 = s1, jnp.zeros(out.shape[:3] + (NUM_NODES * cell.channels,))
+        head_vars = self._head.init(key, s1)
+        tree = _unfreeze({"stem": stem_vars, "cells": cells, "head": head_vars})
+
+        def pick(t, col):
+            if isinstance(t, dict):
+                if "params" in t or "batch_stats" in t:
+                    return t.get(col, {})
+                return {k: pick(v, col) for k, v in t.items()}
+            return [pick(v, col) for v in t]
+
+        return {"params": pick(tree, "params"), "batch_stats": pick(tree, "batch_stats")}
+
+    # ------------------------------------------------------------------ archs
+    def edge_weights(self, alpha_normal: jax.Array, alpha_reduce: jax.Array):
+        """Softmax of ``[14, K]`` alphas, scattered to ``[14, D]`` over ``op_names``."""
+        out = []
+        for reduce, a in ((False, alpha_normal), (True, alpha_reduce)):
+            if a.shape[-2:] != (NUM_EDGES, self.num_ops):
+                raise ValueError(
+                    f"alphas must be [..., {NUM_EDGES}, {self.num_ops}] for space "
+                    f"{self.space.name!r}, got {a.shape}"
+                )
+            sm = jax.nn.softmax(a.astype(jnp.float32), axis=-1)
+            out.append(jnp.einsum("...ek,ekd->...ed", sm, self._scatter[reduce]))
+        return out[0], out[1]
+
+    def choices(self, alpha_normal: jax.Array, alpha_reduce: jax.Array):
+        """Argmax op per edge (lowest index on ties) as ``[14]`` indices into ``op_names``."""
+        out = []
+        for reduce, a in ((False, alpha_normal), (True, alpha_reduce)):
+            idx = jnp.argmax(a, axis=-1)
+            out.append(jnp.asarray(self._index[reduce])[jnp.arange(NUM_EDGES), idx])
+        return out[0].astype(jnp.int32), out[1].astype(jnp.int32)
+
+    def choices_from_ops(self, normal_ops, reduce_ops):
+        """Indices into ``op_names`` for per-edge op names (``None`` -> ``none``)."""
+        out = []
+        for ops in (normal_ops, reduce_ops):
+            if len(ops) != NUM_EDGES:
+                raise ValueError(f"need {NUM_EDGES} op names per cell, got {len(ops)}")
+            idx = []
+            for o in ops:
+                o = "none" if o is None else o
+                if o not in self.op_names:
+                    raise ValueError(
+                        f"op {o!r} is not in search space {self.space.name!r} "
+                        f"({list(self.op_names)})"
+                    )
+                idx.append(self.op_names.index(o))
+            out.append(jnp.asarray(idx, jnp.int32))
+        return out[0], out[1]
+
+    def one_hot_weights(self, choice_normal, choice_reduce):
+        """``[14, D]`` one-hot edge weights of discrete choices (for the dense path)."""
+        d = len(self.op_names)
+        return (
+            jax.nn.one_hot(choice_normal, d, dtype=jnp.float32),
+            jax.nn.one_hot(choice_reduce, d, dtype=jnp.float32),
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _cell_arch(self, cell: _CellPlan, arch_normal, arch_reduce):
+        use_reduce = cell.reduce != self.config.swap_cells
+        return arch_reduce if use_reduce else arch_normal
+
+    def apply_dense(
+        self,
+        variables: dict[str, Any],
+        weights_normal: jax.Array,
+        weights_reduce: jax.Array,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        key: jax.Array | None = None,
+        collect: bool = False,
+        mutable: bool = False,
+    ):
+        """Forward pass with every op computed and mixed by its weight.
+
+        Args:
+          variables: from :meth:`init`.
+          weights_normal: ``[14, D]`` edge weights over ``op_names`` (normal cell).
+          weights_reduce: ``[14, D]`` edge weights (reduction cell).
+          images: ``[B, H, W, C_in]`` normalised float images.
+          train: BN with batch statistics (else running statistics).
+          key: PRNG key for the ``noise`` op (S4); required when the space has it.
+          collect: also return the NWOT statistics of the counted ReLUs.
+          mutable: return updated BN running statistics (needs ``train``).
+
+        Returns:
+          ``(logits [B, classes], NwotStats or None, new batch_stats or None)``.
+        """
+        return self._forward(
+            variables, weights_normal, weights_reduce, images, train, key, collect,
+            mutable, discrete=False,
+        )
+
+    def apply_discrete(
+        self,
+        variables: dict[str, Any],
+        choice_normal: jax.Array,
+        choice_reduce: jax.Array,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        key: jax.Array | None = None,
+        collect: bool = False,
+    ):
+        """Forward pass running only the chosen op of each edge (``lax.switch``).
+
+        Args:
+          choice_normal, choice_reduce: ``[14]`` int indices into ``op_names``.
+          Others as :meth:`apply_dense` (running statistics cannot be updated here).
+
+        Returns:
+          ``(logits, NwotStats or None, None)``. Equal to :meth:`apply_dense` with
+          one-hot weights. Under ``jax.vmap`` the switch computes every branch: batch
+          architectures with ``lax.map`` instead.
+        """
+        return self._forward(
+            variables, choice_normal, choice_reduce, images, train, key, collect,
+            False, discrete=True,
+        )
+
+    def _forward(self, variables, arch_n, arch_r, images, train, key, collect, mutable,
+                 discrete):
+        if mutable and not train:
+            raise ValueError("mutable batch statistics need train=True")
+        if "noise" in self.op_names and key is None:
+            raise ValueError(f"space {self.space.name!r} has the noise op: pass key=")
+        if key is None:
+            key = jax.random.key(0)
+        params, bstats = variables["params"], variables["batch_stats"]
+        batch = images.shape[0]
+        mut = ["batch_stats"] if mutable else False
+        new_bs: dict[str, Any] = {"cells": []}
+        stats = NwotStats.zeros(batch) if collect else None
+
+        def run(mod, p, b, x, k=None):
+            codes = [] if collect else None
+            v = {"params": p, "batch_stats": b}
+            rngs = {"noise": k} if k is not None else None
+            if mut:
+                y, upd = mod.apply(v, x, train, codes, rngs=rngs, mutable=mut)
+                upd = upd["batch_stats"]
+            else:
+                y, upd = mod.apply(v, x, train, codes, rngs=rngs), b
+            st = codes_to_stats(codes, batch) if collect else None
+            return y, upd, st
+
+        s, new_bs["stem"], _ = run(self._stem, params["stem"], bstats["stem"], images)
+        s0 = s1 = s
+        for ci, cell in enumerate(self.plan):
+            cp, cb = params["cells"][ci], bstats["cells"][ci]
+            arch = self._cell_arch(cell, arch_n, arch_r)
+            p0, p1 = self._preproc(cell)
+            x0, b0, st0 = run(p0, cp["pre0"], cb["pre0"], s0)
+            x1, b1, st1 = run(p1, cp["pre1"], cb["pre1"], s1)
+            if collect:
+                stats = stats + st0 + st1
+            states = [x0, x1]
+            edge_out: list[Any] = [None] * NUM_EDGES
+            cell_bs = {"pre0": b0, "pre1": b1, "edges": {}}
+            ckey = jax.random.fold_in(key, ci)
+            for g, (gname, src) in enumerate(_GROUPS):
+                if src >= len(states):
+                    break
+                edges = _GROUP_EDGES[g]
+                gkeys = jax.random.split(jax.random.fold_in(ckey, g), len(edges))
+                gp = cp["edges"][gname]
+                gb = cb["edges"][gname]
+                if discrete:
+                    ys, st = self._group_discrete(cell, g, gp, gb, states[src],
+                                                  arch[jnp.asarray(edges)], gkeys, run)
+                    cell_bs["edges"][gname] = gb
+                else:
+                    ys, st, upd = self._group_dense(cell, g, gp, gb, states[src],
+                                                    arch[jnp.asarray(edges)], gkeys, run)
+                    cell_bs["edges"][gname] = upd
+                if collect:
+                    stats = stats + st
+                for j, e in enumerate(edges):
+                    edge_out[e] = ys[j]
+                # Nodes whose inputs are all computed can now be summed.
+                while len(states) < 2 + NUM_NODES:
+                    node = len(states) - 2
+                    node_edges = [e for e in range(NUM_EDGES) if EDGE_NODE[e] == node]
+                    if any(edge_out[e] is None for e in node_edges):
+                        break
+                    total = edge_out[node_edges[0]]
+                    for e in node_edges[1:]:
+                        total = total + edge_out[e]
+                    states.append(total)
+            s0, s1 = s1, jnp.concatenate(states[2:], axis=-1)
+            new_bs["cells"].append(cell_bs)
+        logits = self._head.apply({"params": params["head"]}, s1)
+        new_bs["head"] = bstats.get("head", {})
+        return logits, stats, (new_bs if mutable else None)
+
+    def _group_dense(self, cell, g, gp, gb, x, w, keys, run):
+        """``w``: ``[E, D]`` weights of the group's edges. Returns ``[E, ...]`` outputs."""
+        total = None
+        stats = None
+        new_b = {}
+        active = w > self.config.eps  # [E, D]
+        for d, name in enumerate(self.op_names):
+            mod = self._op(name, cell, g)
+            p = gp.get(name, {})
+            b = gb.get(name, {})
+
+            def f(pe, be, ke, mod=mod):
+                return run(mod, pe, be, x, ke)
+
+            ys, upd, st = jax.vmap(f)(p, b, keys)
+            if name == "none":
+                contrib = None  # exact zeros
+            else:
+                wd = jnp.where(active[:, d], w[:, d], 0.0).astype(ys.dtype)
+                contrib = ys * wd.reshape((-1,) + (1,) * (ys.ndim - 1))
+            if contrib is not None:
+                total = contrib if total is None else total + contrib
+            if upd:
+                # Inactive ops do not run in the reference: keep their running stats.
+                keep = active[:, d]
+                upd = jax.tree.map(
+                    lambda new, old, k=keep: jnp.where(
+                        k.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
+                    ),
+                    upd,
+                    b,
+                )
+                new_b[name] = upd
+            if st is not None:
+                m = active[:, d].astype(jnp.int32)
+                st = NwotStats(
+                    (st.gram * m[:, None, None]).sum(0),
+                    (st.active * m[:, None]).sum(0),
+                    (st.units * m).sum(0),
+                )
+                stats = st if stats is None else stats + st
+        if total is None:
+            total = jax.vmap(lambda k: run(self._op("none", cell, g), {}, {}, x, k)[0])(keys)
+        return total, stats, new_b
+
+    def _group_discrete(self, cell, g, gp, gb, x, idx, keys, run):
+        """``idx``: ``[E]`` op indices. Scans the edges, switching on the chosen op."""
+        batch = x.shape[0]
+        collect = None
+
+        branches = []
+        for name in self.op_names:
+            mod = self._op(name, cell, g)
+
+            def branch(pe, be, ke, mod=mod, name=name):
+                y, _, st = run(mod, pe.get(name, {}), be.get(name, {}), x, ke)
+                if st is None:
+                    st = NwotStats.zeros(batch)
+                return y, st
+
+            branches.append(branch)
+
+        def body(_, xs):
+            pe, be, i, ke = xs
+            y, st = lax.switch(i, branches, pe, be, ke)
+            return None, (y, st)
+
+        _, (ys, st) = lax.scan(body, None, (gp, gb, idx, keys))
+        collect = NwotStats(st.gram.sum(0), st.active.sum(0), st.units.sum(0))
+        return ys, collect
+
+    # ------------------------------------------------------------------ helpers
+    def num_params(self, variables: dict[str, Any]) -> int:
+        """Scalar count of ``variables['params']`` (BN running stats excluded)."""
+        return ops_lib.param_count(variables["params"])
+
+
+def _init_bound(path, shape, head_fan_in: int | None) -> float | tuple[float]:
+    """PyTorch default init of one leaf: a uniform bound, or ``(constant,)``."""
+    names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    name = names[-1]
+    stacked = "edges" in names
+    core = shape[1:] if stacked else shape
+    if names[0] == "batch_stats":
+        return (0.0,) if name == "mean" else (1.0,)
+    if name == "scale":
+        return (1.0,)
+    if name == "bias" and "BatchNorm_0" in names[-2:]:
+        return (0.0,)
+    if name == "depthwise":  # [k, k, C]: fan_in = k*k (groups = C)
+        fan_in = core[0] * core[1]
+    elif name == "kernel":  # [C_in, C_out] or [k, k, C_in, C_out]
+        fan_in = int(np.prod(core[:-1]))
+    elif name == "bias" and head_fan_in is not None:  # torch: the weight's fan_in
+        fan_in = head_fan_in
+    else:
+        raise ValueError(f"no init rule for parameter {'/'.join(map(str, names))}")
+    return float(1.0 / np.sqrt(fan_in))
+
+
+def _unfreeze(tree):
+    if hasattr(tree, "unfreeze"):
+        tree = tree.unfreeze()
+    if isinstance(tree, dict):
+        return {k: _unfreeze(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unfreeze(v) for v in tree]
+    return tree
+
+
+@functools.lru_cache(maxsize=32)
+def get_supernet(config: SupernetConfig) -> Supernet:
+    """Cached :class:`Supernet` for a config (the plan is static)."""
+    return Supernet(config)

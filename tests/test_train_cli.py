@@ -1,0 +1,273 @@
+"""End-to-end tests of ``python -m jaxdarts.train`` on scikit-learn digits.
+
+Every training run here uses the same network and batch settings (only the epoch
+count differs, and the learning rate is an argument of the jitted step), so the
+train and eval functions compile once for the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdarts import train
+
+# Tiny settings on top of --preset quick: 2 (reduction) cells of 4 channels, 16
+# steps per jitted call (44 steps per epoch at batch 32, so an epoch is 3 calls).
+TINY = ["--preset", "quick", "--channels", "4", "--layers", "2"]
+TINY += ["--set", "steps_per_call=16", "--no-compile-cache"]
+GENOTYPE = "disc-acc"
+# Measured: 3 epochs of TINY reach 0.94-0.96 test accuracy on digits (chance 0.1).
+MIN_ACCURACY = 0.80
+
+
+def _config(epochs: int) -> dict:
+    return train.make_config(
+        "quick",
+        genotype=GENOTYPE,
+        channels=4,
+        layers=2,
+        epochs=epochs,
+        steps_per_call=16,
+    )
+
+
+def _final_params(run_dir) -> dict:
+    """The params of the run's latest checkpoint, as NumPy."""
+    from jaxdarts.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(run_dir / "checkpoints")
+    step = ckpt.latest_step()
+    meta = ckpt.restore(step, _target())
+    ckpt.close()
+    return jax.tree.map(np.asarray, meta["state"].params), step
+
+
+def _target():
+    config = _config(4)
+    state = train.create_train_state(jax.random.key(0), config, None, (8, 8, 1), 10)
+    return {
+        "state": state,
+        "epoch": np.int32(0),
+        "step": np.int32(0),
+        "sums": train._zero_sums(),
+        "key": jax.random.key(0),
+    }
+
+
+def _assert_trees_equal(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "quick"
+    t0 = time.perf_counter()
+    rc = train.main(["--genotype", GENOTYPE, *TINY, "--epochs", "3", "--out", str(out)])
+    return out, rc, time.perf_counter() - t0
+
+
+def test_quick_end_to_end(quick_run):
+    out, rc, seconds = quick_run
+    assert rc == 0
+    for name in (
+        "config.json",
+        "genotype.json",
+        "metrics.jsonl",
+        "result.json",
+        "curves.png",
+        "log.txt",
+    ):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints").is_dir()
+    result = json.loads((out / "result.json").read_text())
+    for key in ("test_accuracy", "best_test_accuracy", "params", "epochs"):
+        assert key in result
+    assert result["epochs"] == 3
+    assert result["test_accuracy"] > MIN_ACCURACY, result
+    assert result["best_test_accuracy"] >= result["test_accuracy"]
+    records = [
+        json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"}
+    keys |= {"images_per_s", "time"}
+    assert keys <= set(records[0])
+    assert records[-1]["test_acc"] == result["test_accuracy"]
+    # Cosine per epoch: lr(e) = 0.05 * (1 + cos(pi * e / 3)) / 2.
+    np.testing.assert_allclose([r["lr"] for r in records], [0.05, 0.0375, 0.0125])
+    config = json.loads((out / "config.json").read_text())
+    assert config["genotype_source"] == GENOTYPE and config["channels"] == 4
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert seconds < 120
+
+
+def test_refuses_to_overwrite(quick_run, capsys):
+    out, _, _ = quick_run
+    before = (out / "result.json").read_text()
+    rc = train.main(["--genotype", GENOTYPE, *TINY, "--epochs", "1", "--out", str(out)])
+    assert rc == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "result.json").read_text() == before
+    # A changed config is refused on resume.
+    rc = train.main(["--resume", str(out), "--epochs", "5", "--no-compile-cache"])
+    assert rc == 1
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    """2 epochs + resume to 4 == 4 straight; also a Ctrl-C inside an epoch."""
+    straight = tmp_path / "straight"
+    res = train.run(_config(4), straight)
+    assert res["epochs"] == 4
+
+    split = tmp_path / "split"
+    part = train.run(_config(4), split, stop_after=2)
+    assert part["interrupted"] and part["epoch"] == 2
+    assert not (split / "result.json").exists()
+    train.run(_config(4), split, resume=True)
+
+    class CtrlC:  # "pressed" at the 4th poll: epoch 1 (0-based), step 16 of 44
+        polls = 0
+
+        @property
+        def requested(self):
+            self.polls += 1
+            return self.polls >= 4
+
+    mid = tmp_path / "mid"
+    part = train.run(_config(4), mid, interrupt=CtrlC())
+    assert part["interrupted"] and (part["epoch"], part["step"]) == (1, 16)
+    rc = train.main(["--resume", str(mid), "--no-compile-cache"])
+    assert rc == 0
+
+    ref, step = _final_params(straight)
+    assert step == 4 * 44
+    for other in (split, mid):
+        params, step = _final_params(other)
+        assert step == 4 * 44
+        _assert_trees_equal(params, ref)
+        m_ref = json.loads((straight / "result.json").read_text())
+        m = json.loads((other / "result.json").read_text())
+        assert m["test_accuracy"] == m_ref["test_accuracy"]
+    rows = [json.loads(x) for x in (mid / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--genotype", "no-such-genotype"], "unknown genotype"),
+        (["--genotype", "disc-nwot", "--preset", "huge"], "invalid choice"),
+        (["--genotype", "disc-nwot", "--epochs", "-3"], "epochs must be a positive"),
+        (["--genotype", "disc-nwot", "--batch-size", "0"], "batch_size must be"),
+        (["--genotype", "disc-nwot", "--drop-path", "1.5"], "drop_path must be in"),
+        (["--genotype", "disc-nwot", "--cutout", "-1"], "cutout must be >= 0"),
+        (["--genotype", "disc-nwot", "--set", "nope=1"], "unknown config key"),
+        (["--genotype", "disc-nwot", "--set", "lr"], "key=value"),
+        (["--genotype", "missing.json"], "does not exist"),
+        (["--epochs", "3"], "--genotype is required"),
+        (["--resume", "/nonexistent/run"], "no config.json"),
+    ],
+)
+def test_bad_cli_input_fails_fast(argv, message, capsys, monkeypatch):
+    import jaxdarts.data
+
+    def no_data(*a, **k):
+        raise AssertionError("data must not be loaded for bad input")
+
+    monkeypatch.setattr(jaxdarts.data, "load_dataset", no_data)
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ([["sep_conv_9x9", 0], ["skip_connect", 1]], "not a usable op"),
+        ([["sep_conv_3x3", 0], ["skip_connect", 2]], "input 2 of node 0"),
+    ],
+)
+def test_bad_genotype_file(tmp_path, capsys, pairs, message):
+    good = [["sep_conv_3x3", 0], ["skip_connect", 1]] * 4
+    path = tmp_path / "genotype.json"
+    path.write_text(json.dumps({"normal": pairs + good[2:], "reduce": good}))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--genotype", str(path), "--preset", "quick"])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_optimizer_matches_torch_sgd():
+    """clip (on the raw gradient) -> + wd * w -> momentum buffer -> w -= lr * b."""
+    cfg = {"grad_clip": 1.0, "weight_decay": 0.1, "momentum": 0.9}
+    tx = train.make_optimizer(cfg)
+    w = {"a": np.array([1.0, -2.0], np.float32)}
+    g = {"a": np.array([3.0, 4.0], np.float32)}  # norm 5 -> clipped to [0.6, 0.8]
+    state = tx.init(w)
+    u, state = tx.update(g, state, w)
+    # b1 = clip(g) + wd * w = [0.6 + 0.1, 0.8 - 0.2]
+    np.testing.assert_allclose(u["a"], [0.7, 0.6], rtol=1e-6)
+    u, state = tx.update(g, state, w)
+    # b2 = 0.9 * b1 + (clip(g) + wd * w) = 1.9 * b1
+    np.testing.assert_allclose(u["a"], [1.33, 1.14], rtol=1e-6)
+    cfg = {"lr": 0.025, "lr_min": 0.0, "epochs": 600}
+    assert train.learning_rate(cfg, 0) == 0.025
+    np.testing.assert_allclose(train.learning_rate(cfg, 300), 0.0125)
+    assert train.learning_rate(cfg, 600) < 1e-12
+
+
+def test_host_init_matches_flax_init():
+    """The NumPy init draws from the distributions of the modules' initialisers."""
+    from jaxdarts.genotypes import Genotype
+
+    pairs = (("dil_conv_3x3", 1), ("skip_connect", 0), ("max_pool_3x3", 1))
+    pairs += (("skip_connect", 2),) + (("dil_conv_3x3", 1), ("skip_connect", 0)) * 2
+    g = Genotype(pairs, (2, 3, 4, 5), pairs, (2, 3, 4, 5))
+    kw = dict(genotype=g, channels=2, layers=1, auxiliary=True, impl="xla")
+    # unsafe_rbg: the distributions are what matters, and threefry's per-parameter
+    # kernels take XLA:CPU ~10 s to compile even for this network.
+    key = jax.random.key(3, impl="unsafe_rbg")
+    states = {
+        init: train.create_train_state(
+            key, train.make_config("quick", init=init, **kw), None, (8, 8, 1), 10
+        )
+        for init in ("host", "flax")
+    }
+    host, ref = states["host"], states["flax"]
+    assert jax.tree.structure(host) == jax.tree.structure(ref)
+    _assert_trees_equal(host.batch_stats, ref.batch_stats)
+    kinds = set()
+    flat_ref = dict(jax.tree_util.tree_flatten_with_path(ref.params)[0])
+    for path, h in jax.tree_util.tree_flatten_with_path(host.params)[0]:
+        r = flat_ref[path]
+        assert h.shape == r.shape and h.dtype == r.dtype == np.float32
+        parent = host.params
+        for p in path[:-1]:
+            parent = parent[p.key]
+        name = path[-1].key
+        if name in ("scale", "bias") and "kernel" not in parent:  # BatchNorm
+            kinds.add("bn")
+            _assert_trees_equal(h, r)
+            continue
+        kernel = parent["kernel"] if name == "bias" else h
+        bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+        kinds.add(f"{name}{len(h.shape)}")
+        for x in (h, r):
+            assert np.abs(x).max() <= bound * (1 + 1e-6)
+            if x.size >= 16:  # P(max < bound/2) = 2^-16 for uniform draws
+                assert np.abs(x).max() > bound / 2
+    # conv 3x3/1x1 (4-d), depthwise (3-d), 1x1 and linear (2-d), linear bias, BN
+    assert {"kernel4", "depthwise3", "kernel2", "bias1", "bn"} <= kinds
