@@ -33,6 +33,7 @@ def get_config() -> dict:
             "reward_path": "discrete",
             "nwot_flavour": "reference",
             "invalid_reward": 0.0,
+            "reward_norm": False,  # not in the reference; the quick preset uses it
         },
         "ppo": {
             "learning_rate": 3e-4,

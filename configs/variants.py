@@ -29,8 +29,9 @@ PRESETS: dict[str, dict] = {
     "quick": {
         "data": {"dataset": "digits"},
         "supernet": {"channels": 4, "layers": 2},
-        "env": {"batch_size": 32, "num_envs": 8, "sweeps": 2, "frame_stack": 4},
-        "ppo": {"transitions_per_update": 256, "n_epochs": 4},
-        "run": {"total_steps": 256 * 12, "updates_per_chunk": 2, "checkpoint_every": 2},
+        "env": {"batch_size": 32, "num_envs": 8, "sweeps": 2, "frame_stack": 4,
+                "reward_norm": True},
+        "ppo": {"transitions_per_update": 256, "learning_rate": 3e-3},
+        "run": {"total_steps": 256 * 16, "updates_per_chunk": 4, "checkpoint_every": 1},
     },
 }

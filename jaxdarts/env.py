@@ -75,6 +75,10 @@ class EnvConfig:
       sgd_lr, sgd_momentum, sgd_weight_decay: the weight step's SGD.
       augment_valid: crop + flip the validation batch (the reference does).
       crop_pad: crop padding of the augmentation.
+      reward_norm: return ``(r - mean) / std`` of this env's earlier episode rewards
+        (0 for the first two episodes; clipped to [-10, 10]) instead of ``r`` (not in the reference; helps short
+        runs on rewards with a large offset such as NWOT). ``info['raw_reward']``
+        always holds ``r``.
     """
 
     kind: str = "discrete"
@@ -94,6 +98,7 @@ class EnvConfig:
     sgd_weight_decay: float = 3e-4
     augment_valid: bool = True
     crop_pad: int = 4
+    reward_norm: bool = False
 
     def __post_init__(self):
         if self.kind not in ("discrete", "continuous"):
@@ -169,6 +174,8 @@ class EnvState:
       variables: this env's supernet variables (continuous with weight step) or None.
       opt_state: this env's SGD momentum (continuous with weight step) or None.
       episodes: completed episodes.
+      reward_stats: ``[3]`` count, mean and sum of squared deviations of the episode
+        rewards seen (Welford), for ``reward_norm``.
     """
 
     alpha_normal: jax.Array
@@ -180,6 +187,21 @@ class EnvState:
     variables: Any
     opt_state: Any
     episodes: jax.Array
+    reward_stats: jax.Array
+
+
+def _normalize_reward(state: EnvState, r, ok, config: EnvConfig):
+    """Updates the running reward statistics; returns (reward for the agent, state)."""
+    count, mean, m2 = state.reward_stats[0], state.reward_stats[1], state.reward_stats[2]
+    std = jnp.sqrt(m2 / jnp.maximum(count, 1.0))
+    # Like SB3's VecNormalize: clipped to [-10, 10]; 0 until two rewards were seen.
+    normed = jnp.where(count >= 2, jnp.clip((r - mean) / (std + 1e-8), -10.0, 10.0), 0.0)
+    new_count = count + ok
+    delta = r - mean
+    new_mean = jnp.where(ok, mean + delta / jnp.maximum(new_count, 1.0), mean)
+    new_m2 = jnp.where(ok, m2 + delta * (r - new_mean), m2)
+    state = state.replace(reward_stats=jnp.stack([new_count, new_mean, new_m2]))
+    return (normed if config.reward_norm else r), state
 
 
 def make_params(
@@ -302,9 +324,11 @@ def reset(key: jax.Array, params: EnvParams, state: EnvState | None = None, inde
         opt_state = _sgd(config).init(variables["params"]) if carry_weights else None
         valid_pos = jnp.asarray(index, jnp.int32)
         episodes = jnp.zeros((), jnp.int32)
+        reward_stats = jnp.zeros((3,), jnp.float32)
     else:
         variables, opt_state = state.variables, state.opt_state
         valid_pos, episodes = state.valid_pos, state.episodes
+        reward_stats = state.reward_stats
     n_frames = config.frame_stack if config.kind == "continuous" else 1
     fresh = EnvState(
         alpha_normal=an,
@@ -316,6 +340,7 @@ def reset(key: jax.Array, params: EnvParams, state: EnvState | None = None, inde
         variables=variables,
         opt_state=opt_state,
         episodes=episodes,
+        reward_stats=reward_stats,
     )
     frame = _frame(fresh, config)
     fresh = fresh.replace(frames=jnp.broadcast_to(frame, fresh.frames.shape))
@@ -476,14 +501,17 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
         else:
             r, ok, s = episode_reward(k_reward, s, params)
         s = s.replace(episodes=s.episodes + 1)
+        agent_r, s = _normalize_reward(s, r, ok, config)
         _, s = reset(k_reset, params, s)
-        return r, ok, s
+        return agent_r, r, ok, s
 
     def carry_on(s):
-        return jnp.zeros((), jnp.float32), jnp.ones((), bool), s
+        z = jnp.zeros((), jnp.float32)
+        return z, z, jnp.ones((), bool), s
 
-    reward, ok, state = lax.cond(done, finish, carry_on, state)
+    reward, raw, ok, state = lax.cond(done, finish, carry_on, state)
     info["valid"] = ok
+    info["raw_reward"] = raw
     info["final_obs"] = final_obs
     return observe(state, params), state, reward, done, jnp.zeros((), bool), info
 
@@ -533,20 +561,26 @@ class LockstepEnv:
                 r = _final_reward_from(cached, config)
                 ok = jnp.ones((n,), bool)
             else:
-                r, ok, s = jax.vmap(episode_reward, (0, 0, None))(
-                    jax.random.split(k_reward, n), s, params
-                )
+                keys = jax.random.split(k_reward, n)
+                if config.kind == "discrete" and config.reward.path == "discrete":
+                    # lax.map keeps the per-edge lax.switch a real branch (vmap would
+                    # turn it into a select that runs every op).
+                    r, ok, s = lax.map(lambda a: episode_reward(a[0], a[1], params), (keys, s))
+                else:
+                    r, ok, s = jax.vmap(episode_reward, (0, 0, None))(keys, s, params)
             s = s.replace(episodes=s.episodes + 1)
+            agent_r, s = jax.vmap(_normalize_reward, (0, 0, 0, None))(s, r, ok, config)
             _, s = jax.vmap(lambda k, st: reset(k, params, st))(
                 jax.random.split(k_reset, n), s
             )
-            return r, ok, s
+            return agent_r, r, ok, s
 
         def carry_on(s):
-            return jnp.zeros((n,), jnp.float32), jnp.ones((n,), bool), s
+            z = jnp.zeros((n,), jnp.float32)
+            return z, z, jnp.ones((n,), bool), s
 
-        reward, ok, state = lax.cond(done_shared, finish, carry_on, state)
+        reward, raw, ok, state = lax.cond(done_shared, finish, carry_on, state)
         obs = jax.vmap(observe, (0, None))(state, params)
         done = jnp.broadcast_to(done_shared, (n,))
-        info = {"final_alphas": alphas, "valid": ok}
+        info = {"final_alphas": alphas, "valid": ok, "raw_reward": raw}
         return obs, state, reward, done, info

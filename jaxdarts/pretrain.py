@@ -142,7 +142,7 @@ _BASE: dict[str, Any] = {
     "impl": "xla",
     "steps_per_call": 64,  # train steps per jitted call (one lax.scan)
     "checkpoint_every": 1,  # epochs
-    "max_to_keep": 2,
+    "max_to_keep": 2,  # null keeps every checkpoint
 }
 
 #: Preset name -> overrides of the base config.
@@ -161,6 +161,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Keys where None is a value (not "keep the default").
+_NULLABLE = ("crop_pad", "data_dir", "compat", "max_to_keep")
+
 # Keys that may differ between a run and its --resume.
 _RESUME_IGNORE = ("data_dir",)
 
@@ -173,7 +176,6 @@ _POSITIVE_INTS = (
     "stem_multiplier",
     "steps_per_call",
     "checkpoint_every",
-    "max_to_keep",
 )
 _FLOATS = (
     "alpha_std",
@@ -208,6 +210,9 @@ def _check_config(config: dict[str, Any]) -> None:
     for key in _POSITIVE_INTS:
         if not _is_int(config[key]) or config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
+    mk = config["max_to_keep"]
+    if mk is not None and (not _is_int(mk) or mk < 1):
+        raise ValueError(f"max_to_keep must be null (keep all) or >= 1, got {mk!r}")
     if not _is_int(config["seed"]):
         raise ValueError(f"seed must be an integer, got {config['seed']!r}")
     for key in ("flip", "augment_valid"):
@@ -252,7 +257,8 @@ def make_config(preset: str = "paper", **overrides: Any) -> dict[str, Any]:
     Args:
       preset: ``"paper"`` or ``"quick"`` (see :data:`PRESETS`).
       **overrides: config values (``None`` values are ignored, except for
-        ``crop_pad``, ``data_dir`` and ``compat`` where None is meaningful).
+        ``crop_pad``, ``data_dir``, ``compat`` and ``max_to_keep`` where None is
+        meaningful).
 
     Returns:
       A JSON-able dict.
@@ -277,7 +283,7 @@ def make_config(preset: str = "paper", **overrides: Any) -> dict[str, Any]:
                     f"preset {value!r} given as an override of preset {preset!r}"
                 )
             continue
-        if value is None and key not in ("crop_pad", "data_dir", "compat"):
+        if value is None and key not in _NULLABLE:
             continue
         config[key] = value
     for key in _FLOATS:
@@ -725,8 +731,9 @@ def train_chunk(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """Steps ``start .. start + steps_per_call - 1`` of an epoch as one ``lax.scan``.
 
-    Steps past the end of the epoch are skipped (``lax.cond``), so every call has
-    the same shape and compiles once. Batch ``j`` of epoch ``e`` and its step key
+    Steps past the end of the epoch are skipped (``lax.cond``, only needed when
+    ``steps_per_call`` does not divide ``steps_per_epoch``), so every call has the
+    same shape and compiles once. Batch ``j`` of epoch ``e`` and its step key
     depend only on ``(key, e, j)``.
 
     Args:
@@ -776,6 +783,8 @@ def train_chunk(
         return st, jax.tree.map(jnp.add, sm, m)
 
     def body(carry, j):
+        if setup.steps_per_epoch % setup.steps_per_call == 0:  # never past the end
+            return do_step(carry, j), None
         carry = jax.lax.cond(
             j < setup.steps_per_epoch, lambda c: do_step(c, j), lambda c: c, carry
         )
@@ -1109,6 +1118,16 @@ def load_supernet(
 # ------------------------------------------------------------------------- run
 
 
+def _commit(tree: Any) -> Any:
+    """Places ``tree`` on the default device, committed.
+
+    Restored checkpoints are committed arrays and ``jit`` compiles separately for
+    committed and uncommitted arguments: committing everything up front keeps one
+    compiled program per run, fresh or resumed.
+    """
+    return jax.device_put(tree, jax.local_devices()[0])
+
+
 def _count(tree: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
@@ -1207,7 +1226,7 @@ def run(
 
     key = jax.random.key(config["seed"])
     state_key, run_key = jax.random.split(key)
-    state = create_train_state(state_key, setup, ds.image_shape)
+    state = _commit(create_train_state(state_key, setup, ds.image_shape))
     n_params = _count(state.params)
     log.info(
         "supernet: space %s, %d cells, C=%d, %.3fM parameters, mode %s%s",
@@ -1234,9 +1253,9 @@ def run(
     restored_any = False
     if resume and ckpt.latest_step() is not None:
         restored = ckpt.restore(None, ckpt_tree)
-        state = restored["state"]
+        state = _commit(restored["state"])
         epoch, step = int(restored["epoch"]), int(restored["step"])
-        sums = restored["sums"]
+        sums = _commit(restored["sums"])
         best_acc, best_epoch = float(restored["best_acc"]), int(restored["best_epoch"])
         rundir.truncate_metrics(epoch, key="epoch")
         restored_any = True
@@ -1246,17 +1265,17 @@ def run(
         log.info("no checkpoint in %s yet: starting from the beginning", rundir.path)
 
     data = {
-        "train_x": jax.device_put(ds.train_images[train_idx]),
-        "train_y": jax.device_put(ds.train_labels[train_idx].astype(np.int32)),
-        "valid_x": jax.device_put(ds.train_images[valid_idx]),
-        "valid_y": jax.device_put(ds.train_labels[valid_idx].astype(np.int32)),
+        "train_x": _commit(ds.train_images[train_idx]),
+        "train_y": _commit(ds.train_labels[train_idx].astype(np.int32)),
+        "valid_x": _commit(ds.train_images[valid_idx]),
+        "valid_y": _commit(ds.train_labels[valid_idx].astype(np.int32)),
     }
     padded = pad_eval_set(
         ds.train_images[valid_idx],
         ds.train_labels[valid_idx].astype(np.int32),
         setup.eval_batch_size,
     )
-    eval_x, eval_y, eval_mask = (jax.device_put(a) for a in padded)
+    eval_x, eval_y, eval_mask = (_commit(a) for a in padded)
 
     def validate(e: int) -> dict[str, float]:
         return evaluate(
@@ -1315,7 +1334,7 @@ def run(
                 epoch,
                 setup,
                 start_step=step,
-                sums=sums,
+                sums=_commit(_zero_sums()) if sums is None else sums,
                 on_chunk=bar.update,
                 should_stop=lambda: bool(flag.requested),
             )

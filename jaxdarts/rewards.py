@@ -81,7 +81,9 @@ def nwot_score(stats: NwotStats) -> tuple[jax.Array, jax.Array]:
     k = stats.kernel()
     with jax.enable_x64(True):
         sign, logdet = jnp.linalg.slogdet(k.astype(jnp.float64))
-        valid = (sign != 0) & jnp.isfinite(logdet)
+        # K is an integer matrix, so a non-singular K has |det K| >= 1: a smaller
+        # value is a singular K seen through rounding.
+        valid = (sign != 0) & jnp.isfinite(logdet) & (logdet > jnp.log(0.5))
         score = logdet.astype(jnp.float32)
     return score, valid
 

@@ -66,6 +66,8 @@ __all__ = [
     "ScoreConfig",
     "Architecture",
     "resolve_architecture",
+    "check_ops",
+    "make_scorer",
     "score_genotypes",
     "format_table",
     "build_parser",
@@ -260,8 +262,8 @@ def check_ops(arch: Architecture, space: SearchSpace) -> None:
     """
     if arch.space is not None and arch.space != space.name:
         raise ValueError(
-            f"{arch.label}: the assignment is for space {arch.space!r}, but the "
-            f"supernet's space is {space.name!r}"
+            f"{arch.label}: the file is for space {arch.space!r} (its 'space' "
+            f"entry), but the supernet's space is {space.name!r}"
         )
     for cell, ops in (("normal", arch.normal_ops), ("reduce", arch.reduce_ops)):
         candidates = space.ops(cell == "reduce")
@@ -444,6 +446,20 @@ def score_genotypes(
         arch_n, arch_r = cn, cr
     scorer = make_scorer(net, reward_config)
     seeds = list(range(config.seeds))
+    _log.info(
+        "scoring %d genotype(s) by %s on %s: %s supernet, C=%d, %d cells, %s, "
+        "%s path, batch %d, %d seed(s); the first seed includes compiling",
+        len(archs),
+        config.reward,
+        ds.name,
+        space.name,
+        net_config.channels,
+        net_config.layers,
+        "pre-trained" if meta is not None else "untrained",
+        config.path,
+        batch,
+        len(seeds),
+    )
     if ckpt_vars is None:
         # One trace of the init for all seeds; equal to net.init(key(i)) per seed.
         keys = jnp.stack([jax.random.key(i) for i in seeds])
@@ -572,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compat",
         default=None,
-        help="dartsrl: the reference's normal/reduce cell swap",
+        help="dartsrl: the reference's normal/reduce cell swap (default: none)",
     )
     p.add_argument(
         "--path", default="discrete", help="supernet path: discrete or dense"
@@ -613,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             channels=args.channels,
             layers=args.layers,
             nwot_flavour=args.nwot_flavour,
-            compat=args.compat,
+            compat=None if args.compat in (None, "none") else args.compat,
             path=args.path,
             impl=args.impl,
         )

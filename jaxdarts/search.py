@@ -117,7 +117,7 @@ def resolve(cfg: dict):
         sweeps=int(e["sweeps"]), frame_stack=int(e["frame_stack"]),
         grad_obs=bool(e["grad_obs"]), weight_step=bool(e["weight_step"]),
         weight_step_period=1 if dartsrl else int(e["weight_step_period"]),
-        augment_valid=bool(e["augment_valid"]),
+        augment_valid=bool(e["augment_valid"]), reward_norm=bool(e["reward_norm"]),
     )
     num_envs = int(e["num_envs"])
     n_steps = math.ceil(int(p["transitions_per_update"]) / num_envs)
@@ -138,7 +138,7 @@ def _top_k_track(k: int):
 
     def track_fn(track, info, rewards, dones):
         valid = dones & info["valid"]
-        cand_r = jnp.where(valid, rewards, -jnp.inf).reshape(-1)
+        cand_r = jnp.where(valid, info["raw_reward"], -jnp.inf).reshape(-1)
         cand_a = info["final_alphas"].reshape((-1,) + info["final_alphas"].shape[2:])
         all_r = jnp.concatenate([track["rewards"], cand_r])
         all_a = jnp.concatenate([track["alphas"], cand_a])
@@ -282,7 +282,7 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
             done_updates += n
             n_chunks += 1
             bar.update(n)
-            m = np.asarray(metrics["episode_return_mean"])[:, -1]
+            m = np.asarray(metrics["reward_mean"])[:, -1]
             bar.set_postfix(reward=f"{np.nanmean(m):.4g}")
             if n_chunks % int(cfg["run"]["checkpoint_every"]) == 0 or done_updates >= total_updates:
                 ckpt.save(done_updates, state)
@@ -313,7 +313,7 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
             )
             alphas = np.asarray(roll.info["final_alphas"][-1, 0])
             res["deterministic" if det else "stochastic"] = (
-                _genotype_of(alphas, env_cfg), float(roll.rewards[-1, 0])
+                _genotype_of(alphas, env_cfg), float(roll.info["raw_reward"][-1, 0])
             )
         suffix = "" if seeds == 1 else f"-seed{s}"
         g_det, r_det = res["deterministic"]

@@ -47,11 +47,12 @@ __all__ = ["SupernetConfig", "Supernet", "NwotStats", "EPS"]
 #: Ops with softmax weight at or below this contribute nothing (reference MixedOp).
 EPS = 1e-3
 
-# Groups of edges that share an input state: (name, input state index).
-_GROUPS = (("s0", 0), ("s1", 1), ("n0", 2), ("n1", 3), ("n2", 4))
-_GROUP_EDGES = tuple(
-    tuple(e for e in range(NUM_EDGES) if EDGE_INPUT[e] == src) for _, src in _GROUPS
-)
+# Edges reading a cell input (stride 2 in reduction cells) and edges reading a node.
+_IN_EDGES = tuple(e for e in range(NUM_EDGES) if EDGE_INPUT[e] < 2)
+_MID_EDGES = tuple(e for e in range(NUM_EDGES) if EDGE_INPUT[e] >= 2)
+_GROUPS = (("in", _IN_EDGES), ("mid", _MID_EDGES))
+# Position of each edge in concat(in, mid): stacked parameters in edge order.
+_EDGE_ORDER = np.argsort(np.array(_IN_EDGES + _MID_EDGES))
 
 
 class NwotStats(NamedTuple):
@@ -235,7 +236,7 @@ class Supernet:
         return p0, ops_lib.ReLUConvBN(cell.channels, 1, 1, 0, affine=True)
 
     def _op(self, name: str, cell: _CellPlan, group: int) -> nn.Module:
-        stride = 2 if cell.reduce and group < 2 else 1
+        stride = 2 if cell.reduce and group == 0 else 1
         return ops_lib.make_op(name, cell.channels, stride, affine=False, impl=self.config.impl)
 
     # ------------------------------------------------------------------ init
@@ -283,9 +284,9 @@ class Supernet:
                 (1, (x0.shape[1] + 1) // 2, (x0.shape[2] + 1) // 2, x0.shape[3])
             )
             groups = {}
-            for g, (gname, _) in enumerate(_GROUPS):
-                gx = half if (g >= 2 and cell.reduce) else x0
-                n_edges = len(_GROUP_EDGES[g])
+            for g, (gname, edges) in enumerate(_GROUPS):
+                gx = half if (g == 1 and cell.reduce) else x0
+                n_edges = len(edges)
                 gvars = {}
                 for name in self.op_names:
                     mod = self._op(name, cell, g)
@@ -328,6 +329,11 @@ class Supernet:
         """Argmax op per edge (lowest index on ties) as ``[14]`` indices into ``op_names``."""
         out = []
         for reduce, a in ((False, alpha_normal), (True, alpha_reduce)):
+            if a.shape[-2:] != (NUM_EDGES, self.num_ops):
+                raise ValueError(
+                    f"alphas must be [..., {NUM_EDGES}, {self.num_ops}] for space "
+                    f"{self.space.name!r}, got {a.shape}"
+                )
             idx = jnp.argmax(a, axis=-1)
             out.append(jnp.asarray(self._index[reduce])[jnp.arange(NUM_EDGES), idx])
         return out[0].astype(jnp.int32), out[1].astype(jnp.int32)
@@ -458,115 +464,143 @@ class Supernet:
             x1, b1, st1 = run(p1, cp["pre1"], cb["pre1"], s1)
             if collect:
                 stats = stats + st0 + st1
-            states = [x0, x1]
-            edge_out: list[Any] = [None] * NUM_EDGES
+            cell_key = jax.random.fold_in(key, ci)
+            edge_keys = jax.random.split(cell_key, NUM_EDGES)
             cell_bs = {"pre0": b0, "pre1": b1, "edges": {}}
-            ckey = jax.random.fold_in(key, ci)
-            for g, (gname, src) in enumerate(_GROUPS):
-                if src >= len(states):
-                    break
-                edges = _GROUP_EDGES[g]
-                gkeys = jax.random.split(jax.random.fold_in(ckey, g), len(edges))
-                gp = cp["edges"][gname]
-                gb = cb["edges"][gname]
-                if discrete:
-                    ys, st = self._group_discrete(cell, g, gp, gb, states[src],
-                                                  arch[jnp.asarray(edges)], gkeys, run)
-                    cell_bs["edges"][gname] = gb
-                else:
-                    ys, st, upd = self._group_dense(cell, g, gp, gb, states[src],
-                                                    arch[jnp.asarray(edges)], gkeys, run)
-                    cell_bs["edges"][gname] = upd
-                if collect:
-                    stats = stats + st
-                for j, e in enumerate(edges):
-                    edge_out[e] = ys[j]
-                # Nodes whose inputs are all computed can now be summed.
-                while len(states) < 2 + NUM_NODES:
-                    node = len(states) - 2
-                    node_edges = [e for e in range(NUM_EDGES) if EDGE_NODE[e] == node]
-                    if any(edge_out[e] is None for e in node_edges):
-                        break
-                    total = edge_out[node_edges[0]]
-                    for e in node_edges[1:]:
-                        total = total + edge_out[e]
-                    states.append(total)
-            s0, s1 = s1, jnp.concatenate(states[2:], axis=-1)
+            arch = jnp.asarray(arch)
+            if cell.reduce:
+                # Stride-2 edges from the inputs, then stride-1 edges between nodes.
+                nodes = jnp.zeros((NUM_NODES,) + self._node_shape(x1, True), x1.dtype)
+                inputs = jnp.stack([x0, x1])
+                nodes, st_a, upd_a = self._scan_edges(
+                    cell, 0, cp["edges"]["in"], cb["edges"]["in"], inputs, nodes,
+                    _IN_EDGES, arch, edge_keys, run, discrete, batch,
+                )
+                nodes, st_b, upd_b = self._scan_edges(
+                    cell, 1, cp["edges"]["mid"], cb["edges"]["mid"], None, nodes,
+                    _MID_EDGES, arch, edge_keys, run, discrete, batch,
+                )
+                cell_bs["edges"] = {"in": upd_a, "mid": upd_b}
+                st = st_a + st_b if collect else None
+            else:
+                # Every edge has the same shape: one scan over all 14 edges.
+                def cat(a, b):
+                    return jnp.concatenate([a, b])[_EDGE_ORDER]
+
+                p_all = jax.tree.map(cat, cp["edges"]["in"], cp["edges"]["mid"])
+                b_all = jax.tree.map(cat, cb["edges"]["in"], cb["edges"]["mid"])
+                buf = jnp.stack([x0, x1] + [jnp.zeros_like(x1)] * NUM_NODES)
+                buf, st, upd = self._scan_edges(
+                    cell, 1, p_all, b_all, None, buf,
+                    tuple(range(NUM_EDGES)), arch, edge_keys, run, discrete, batch,
+                )
+                n_in = len(_IN_EDGES)
+                cell_bs["edges"] = {
+                    "in": jax.tree.map(lambda a: a[np.array(_IN_EDGES)], upd),
+                    "mid": jax.tree.map(lambda a: a[np.array(_MID_EDGES)], upd),
+                }
+                del n_in
+                nodes = buf[2:]
+            if collect:
+                stats = stats + st
+            s0, s1 = s1, jnp.concatenate(list(nodes), axis=-1)
             new_bs["cells"].append(cell_bs)
         logits = self._head.apply({"params": params["head"]}, s1)
         new_bs["head"] = bstats.get("head", {})
         return logits, stats, (new_bs if mutable else None)
 
-    def _group_dense(self, cell, g, gp, gb, x, w, keys, run):
-        """``w``: ``[E, D]`` weights of the group's edges. Returns ``[E, ...]`` outputs."""
-        total = None
-        stats = None
-        new_b = {}
-        active = w > self.config.eps  # [E, D]
-        for d, name in enumerate(self.op_names):
-            mod = self._op(name, cell, g)
-            p = gp.get(name, {})
-            b = gb.get(name, {})
+    def _node_shape(self, x, reduce: bool):
+        b, h, w, c = x.shape
+        return (b, (h + 1) // 2, (w + 1) // 2, c) if reduce else (b, h, w, c)
 
-            def f(pe, be, ke, mod=mod):
-                return run(mod, pe, be, x, ke)
+    def _scan_edges(self, cell, group, gp, gb, inputs, nodes, edges, arch, keys, run,
+                    discrete, batch):
+        """Runs ``edges`` (in order) with one traced body, accumulating into ``nodes``.
 
-            ys, upd, st = jax.vmap(f)(p, b, keys)
-            if name == "none":
-                contrib = None  # exact zeros
-            else:
-                wd = jnp.where(active[:, d], w[:, d], 0.0).astype(ys.dtype)
-                contrib = ys * wd.reshape((-1,) + (1,) * (ys.ndim - 1))
-            if contrib is not None:
+        Args:
+          group: 0 = edges reading the cell inputs (stride 2 in reduction cells),
+            1 = stride-1 edges.
+          gp, gb: parameters / BN statistics stacked over ``edges``.
+          inputs: ``[2, B, H, W, C]`` preprocessed cell inputs, or None when every
+            edge reads a node.
+          nodes: ``[4, B, h, w, C]`` node accumulators (carry).
+          arch: ``[14]`` op indices (discrete) or ``[14, D]`` weights (dense).
+
+        Returns:
+          ``(nodes, NwotStats or None, new stacked BN statistics)``.
+        """
+        idx = np.array(edges)
+        src = jnp.asarray(np.array([EDGE_INPUT[e] for e in edges]), jnp.int32)
+        dst = jnp.asarray(np.array([EDGE_NODE[e] for e in edges]), jnp.int32)
+        mods = [self._op(name, cell, group) for name in self.op_names]
+        zero = NwotStats.zeros(batch)
+
+        # Three layouts: the carry holds all 6 states (normal cells: inputs is None
+        # and nodes has 6 entries), or 4 nodes read from the inputs or from the nodes.
+        n_carry = nodes.shape[0]
+        offset = 2 if n_carry == 2 + NUM_NODES else 0
+
+        def read(nodes, s):
+            if inputs is not None:
+                return inputs[s]
+            return nodes[s - 2 + offset]
+
+        def write(nodes, d, y):
+            return nodes.at[d + offset].add(y)
+
+        if discrete:
+            def make_branch(d):
+                name = self.op_names[d]
+
+                def branch(pe, be, x, ke):
+                    y, _, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+                    return y, (st if st is not None else zero)
+
+                return branch
+
+            branches = [make_branch(d) for d in range(len(self.op_names))]
+
+            def body(carry, xs):
+                nodes, acc = carry
+                pe, be, a, ke, s_, d_ = xs
+                y, st = lax.switch(a, branches, pe, be, read(nodes, s_), ke)
+                return (write(nodes, d_, y), acc + st), None
+
+            (nodes, st), _ = lax.scan(
+                body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
+            )
+            return nodes, st, gb
+
+        eps = self.config.eps
+
+        def body(carry, xs):
+            nodes, acc = carry
+            pe, be, w, ke, s_, d_ = xs
+            x = read(nodes, s_)
+            total = None
+            new_b = {}
+            for d, name in enumerate(self.op_names):
+                if name == "none":
+                    continue  # exact zeros
+                active = w[d] > eps
+                y, upd, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+                contrib = y * jnp.where(active, w[d], 0.0).astype(y.dtype)
                 total = contrib if total is None else total + contrib
-            if upd:
-                # Inactive ops do not run in the reference: keep their running stats.
-                keep = active[:, d]
-                upd = jax.tree.map(
-                    lambda new, old, k=keep: jnp.where(
-                        k.reshape((-1,) + (1,) * (new.ndim - 1)), new, old
-                    ),
-                    upd,
-                    b,
-                )
-                new_b[name] = upd
-            if st is not None:
-                m = active[:, d].astype(jnp.int32)
-                st = NwotStats(
-                    (st.gram * m[:, None, None]).sum(0),
-                    (st.active * m[:, None]).sum(0),
-                    (st.units * m).sum(0),
-                )
-                stats = st if stats is None else stats + st
-        if total is None:
-            total = jax.vmap(lambda k: run(self._op("none", cell, g), {}, {}, x, k)[0])(keys)
-        return total, stats, new_b
+                if name in be:
+                    # Inactive ops do not run in the reference: keep their statistics.
+                    new_b[name] = jax.tree.map(
+                        lambda n, o, a=active: jnp.where(a, n, o), upd, be[name]
+                    )
+                if st is not None:
+                    acc = acc + st.scale(active)
+            if total is None:
+                total = jnp.zeros(nodes.shape[1:], nodes.dtype)
+            return (write(nodes, d_, total), acc), new_b
 
-    def _group_discrete(self, cell, g, gp, gb, x, idx, keys, run):
-        """``idx``: ``[E]`` op indices. Scans the edges, switching on the chosen op."""
-        batch = x.shape[0]
-        collect = None
-
-        branches = []
-        for name in self.op_names:
-            mod = self._op(name, cell, g)
-
-            def branch(pe, be, ke, mod=mod, name=name):
-                y, _, st = run(mod, pe.get(name, {}), be.get(name, {}), x, ke)
-                if st is None:
-                    st = NwotStats.zeros(batch)
-                return y, st
-
-            branches.append(branch)
-
-        def body(_, xs):
-            pe, be, i, ke = xs
-            y, st = lax.switch(i, branches, pe, be, ke)
-            return None, (y, st)
-
-        _, (ys, st) = lax.scan(body, None, (gp, gb, idx, keys))
-        collect = NwotStats(st.gram.sum(0), st.active.sum(0), st.units.sum(0))
-        return ys, collect
+        (nodes, st), new_b = lax.scan(
+            body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
+        )
+        return nodes, st, new_b
 
     # ------------------------------------------------------------------ helpers
     def num_params(self, variables: dict[str, Any]) -> int:

@@ -175,10 +175,10 @@ def _check_config(config: dict[str, Any]) -> None:
         raise ValueError(f"crop_pad must be null (auto) or an integer >= 0, got {cp!r}")
     if config["init"] not in ("host", "flax"):
         raise ValueError(f"init must be 'host' or 'flax', got {config['init']!r}")
-    if config["impl"] not in ("auto", "shift", "xla"):
-        raise ValueError(
-            f"impl must be 'auto', 'shift' or 'xla', got {config['impl']!r}"
-        )
+    if config["impl"] != "auto":
+        from jaxdarts.ops import resolve_impl
+
+        resolve_impl(config["impl"])  # ValueError naming the known implementations
     if not isinstance(config["dataset"], str) or not config["dataset"].strip():
         raise ValueError(f"dataset must be a non-empty name, got {config['dataset']!r}")
     if config["genotype"] is None:
@@ -1266,7 +1266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg += " (use --overwrite to replace it or --resume to continue it)"
         print(f"error: {msg}", file=sys.stderr)
         return 1
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # e.g. an unknown dataset name
         print(f"error: {e}", file=sys.stderr)
         return 1
     if result.get("interrupted"):

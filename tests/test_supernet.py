@@ -408,6 +408,13 @@ def test_edge_weights_reject_wrong_alpha_shapes(net, shape):
         net.edge_weights(good, jnp.zeros(shape))
 
 
+@pytest.mark.parametrize("shape", [(NUM_EDGES, 7), (NUM_EDGES, 9)])
+def test_choices_reject_wrong_alpha_shapes(net, shape):
+    good = jnp.zeros((NUM_EDGES, 8))
+    with pytest.raises(ValueError, match="alphas must be"):
+        net.choices(jnp.zeros(shape).at[:, -1].set(1.0), good)
+
+
 def test_choices_from_ops_errors(net):
     with pytest.raises(ValueError, match="14 op names"):
         net.choices_from_ops(["none"] * 13, ["none"] * 14)

@@ -428,6 +428,17 @@ def episode_metrics(traj: Transition) -> dict[str, jax.Array]:
     }
 
 
+def _raw_reward_metrics(raw: jax.Array, done: jax.Array) -> dict[str, jax.Array]:
+    count = done.sum()
+    nan = jnp.float32(jnp.nan)
+    some = count > 0
+    return {
+        "reward_mean": jnp.where(some, jnp.where(done, raw, 0.0).sum() / jnp.maximum(count, 1), nan),
+        "reward_min": jnp.where(some, jnp.where(done, raw, jnp.inf).min(), nan),
+        "reward_max": jnp.where(some, jnp.where(done, raw, -jnp.inf).max(), nan),
+    }
+
+
 def update_step(
     config: PPOConfig,
     env: VecEnv,
@@ -473,6 +484,9 @@ def update_step(
         track=track,
     )
     metrics = episode_metrics(traj)
+    if isinstance(traj.info, dict) and "raw_reward" in traj.info:
+        # The env's own reward before any normalisation (e.g. the NWOT score).
+        metrics.update(_raw_reward_metrics(traj.info["raw_reward"], traj.dones))
     for name, value in loss_metrics.items():
         metrics[name] = value[-1].mean() if name == "approx_kl" else value.mean()
     metrics["explained_variance"] = explained_variance(batch.values, batch.returns)

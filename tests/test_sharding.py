@@ -1,0 +1,265 @@
+"""Sharded (4 forced CPU devices) runs equal single-device runs.
+
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` only takes effect before jax is
+imported, so every check runs in a fresh Python subprocess that writes its results
+(npz) to ``tmp_path``; this process compares them. Each subprocess runs the 1-device
+and the 4-device version (a 1-device mesh in the same process), so the compile of
+each program happens once per device count.
+
+Tolerances: float leaves ``rtol=1e-5, atol=1e-6`` (sharded reductions, e.g. the
+all-reduced gradient mean or batch-norm statistics, sum in another order); integer,
+bool and PRNG-key leaves exactly; a checkpoint round trip exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RTOL, ATOL = 1e-5, 1e-6
+DEVICES = 4
+
+# Shared by every subprocess: flatten a pytree to an npz (PRNG keys as key data).
+_PRELUDE = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxdarts import sharding as S
+
+    OUT = sys.argv[1]
+    assert jax.device_count() == 4, jax.devices()
+
+    def flat(tree):
+        out = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if leaf is None:
+                continue
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            out[jax.tree_util.keystr(path)] = np.asarray(leaf)
+        return out
+
+    def save(name, tree):
+        np.savez(f"{OUT}/{name}.npz", **flat(tree))
+
+    def specs(tree):
+        return sorted({str(x.sharding.spec) for x in jax.tree.leaves(tree)
+                       if hasattr(x, "sharding") and hasattr(x.sharding, "spec")})
+    """
+)
+
+_SEARCH = textwrap.dedent(
+    """
+    from jaxdarts import env as E
+    from jaxdarts.checkpoint import Checkpointer
+    from jaxdarts.data import load_dataset, split_indices
+    from jaxdarts.ppo.train import PPOConfig, make_train
+    from jaxdarts.rewards import RewardConfig
+    from jaxdarts.supernet import SupernetConfig
+
+    ds = load_dataset("digits")
+    _, va = split_indices(len(ds.train_images), 0)
+    cfg = E.EnvConfig(
+        kind="discrete",
+        net=SupernetConfig(channels=4, layers=2, impl="shift"),
+        reward=RewardConfig(kind="nwot", path="dense"),
+        batch_size=16, crop_pad=1,
+    )
+    variables = cfg.supernet.init(jax.random.key(0), ds.image_shape)
+    params0 = E.make_params(
+        cfg, variables, ds.train_images[va], ds.train_labels[va], ds.mean, ds.std
+    )
+    venv = E.LockstepEnv(cfg, num_envs=4)
+    # 28 steps x 4 envs = one episode per update, 2 minibatches, 2 epochs.
+    init_fn, chunk_fn = make_train(PPOConfig(n_steps=28, batch_size=56, n_epochs=2), venv)
+    state0 = jax.jit(init_fn)(jax.random.key(1), params0)
+    chunk = jax.jit(chunk_fn, static_argnums=2)
+    info, states, params = {}, {}, {}
+    for n in (1, 4):
+        mesh = S.make_mesh(n)
+        params[n] = S.replicate(params0, mesh)
+        s = S.shard_train_state(state0, mesh)
+        s, m = chunk(s, params[n], 2)
+        states[n] = s
+        save(f"search{n}", (s, m))
+        info[f"obs_spec{n}"] = str(s.last_obs.sharding.spec)
+        info[f"alpha_spec{n}"] = str(s.env_state.alpha_normal.sharding.spec)
+        info[f"param_specs{n}"] = specs(s.params)
+        # checkpoint written with this device count
+        with Checkpointer(f"{OUT}/ckpt{n}") as ck:
+            ck.save(2, s)
+    # resume each checkpoint with the other device count, then one more update
+    for written, read in ((4, 1), (1, 4)):
+        with Checkpointer(f"{OUT}/ckpt{written}") as ck:
+            r = ck.restore(None, states[read])
+        save(f"restored{written}to{read}", r)
+        info[f"restored{written}to{read}_obs_spec"] = str(r.last_obs.sharding.spec)
+        info[f"restored{written}to{read}_ndev"] = len(r.last_obs.sharding.device_set)
+        r, m = chunk(r, params[read], 1)
+        save(f"resumed{written}to{read}", (r, m))
+    for n in (1, 4):
+        s, m = chunk(states[n], params[n], 1)
+        save(f"continued{n}", (s, m))
+    json.dump(info, open(f"{OUT}/info.json", "w"))
+    """
+)
+
+_PRETRAIN = textwrap.dedent(
+    """
+    from jaxdarts import pretrain as PT
+    from jaxdarts.data import load_dataset
+
+    ds = load_dataset("digits")
+    config = PT.make_config("quick", channels=4, layers=2, batch_size=16)
+    setup = PT.make_setup(config, ds.image_shape, ds.num_classes, 400, 400,
+                          ds.mean, ds.std)
+    state0 = PT.create_train_state(jax.random.key(0), setup, ds.image_shape)
+    x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
+    step = jax.jit(PT.train_step, static_argnames=("setup",))
+    info = {}
+    for n in (1, 4):
+        mesh = S.make_mesh(n)
+        s = S.replicate(state0, mesh)
+        x, y = S.shard_batch(x0, y0, mesh)
+        info[f"x_spec{n}"] = str(x.sharding.spec)
+        for _ in range(2):
+            s, m = step(s, x, y, jax.random.key(3), jnp.float32(0.05), setup=setup)
+        save(f"pretrain{n}", (s, m))
+        info[f"param_specs{n}"] = specs(s.params)
+    json.dump(info, open(f"{OUT}/info.json", "w"))
+    """
+)
+
+_EVALNET = textwrap.dedent(
+    """
+    from jaxdarts import train as T
+    from jaxdarts.data import load_dataset
+
+    ds = load_dataset("digits")
+    config = T.make_config("quick", genotype="disc-nwot", channels=4, layers=2,
+                           batch_size=16, identity_dropout=0.2, drop_path=0.2)
+    setup = T.make_setup(config, ds.image_shape, ds.num_classes, 400, ds.mean, ds.std)
+    state0 = T.create_train_state(jax.random.key(0), config, None, ds.image_shape,
+                                  ds.num_classes)
+    x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
+    step = jax.jit(T.train_step, static_argnames=("setup",))
+    info = {}
+    for n in (1, 4):
+        mesh = S.make_mesh(n)
+        s = S.replicate(state0, mesh)
+        x, y = S.shard_batch(x0, y0, mesh)
+        for _ in range(2):
+            s, m = step(s, x, y, jax.random.key(3), jnp.float32(0.05),
+                        jnp.float32(0.1), setup=setup)
+        save(f"evalnet{n}", (s, m))
+        info[f"param_specs{n}"] = specs(s.params)
+    json.dump(info, open(f"{OUT}/info.json", "w"))
+    """
+)
+
+
+def _run(script: str, out: Path, timeout: float = 600) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRELUDE + script, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"subprocess failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads((out / "info.json").read_text())
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _assert_trees_close(a: Path, b: Path, exact: bool = False) -> None:
+    x, y = _load(a), _load(b)
+    assert x.keys() == y.keys()
+    for k in x:
+        u, v = x[k], y[k]
+        assert u.shape == v.shape and u.dtype == v.dtype, k
+        if exact or u.dtype.kind not in "fc":
+            np.testing.assert_array_equal(u, v, err_msg=k)
+        else:
+            np.testing.assert_allclose(u, v, rtol=RTOL, atol=ATOL, err_msg=k)
+
+
+def test_search_chunk_and_checkpoints(tmp_path: Path) -> None:
+    """A PPO chunk on LockstepEnv (dense NWOT) with the env batch split 4 ways."""
+    info = _run(_SEARCH, tmp_path)
+    # the env batch is really split, the agent replicated
+    assert info["obs_spec4"] == "PartitionSpec('data',)"
+    assert info["alpha_spec4"].startswith("PartitionSpec('data',")
+    assert info["param_specs4"] == ["PartitionSpec()"]
+    _assert_trees_close(tmp_path / "search4.npz", tmp_path / "search1.npz")
+    # checkpoints: exact round trip across device counts, placed like the target
+    _assert_trees_close(
+        tmp_path / "restored4to1.npz", tmp_path / "search4.npz", exact=True
+    )
+    _assert_trees_close(
+        tmp_path / "restored1to4.npz", tmp_path / "search1.npz", exact=True
+    )
+    assert info["restored4to1_ndev"] == 1
+    assert info["restored1to4_ndev"] == DEVICES
+    assert info["restored1to4_obs_spec"] == "PartitionSpec('data',)"
+    # resuming continues like the uninterrupted run of the reading device count
+    _assert_trees_close(tmp_path / "resumed4to1.npz", tmp_path / "continued1.npz")
+    _assert_trees_close(tmp_path / "resumed1to4.npz", tmp_path / "continued4.npz")
+
+
+def test_pretrain_step_data_parallel(tmp_path: Path) -> None:
+    """Two supernet weight steps with the batch split 4 ways (train-mode BN)."""
+    info = _run(_PRETRAIN, tmp_path)
+    assert info["x_spec4"] == "PartitionSpec('data',)"
+    assert info["param_specs4"] == ["PartitionSpec()"]
+    _assert_trees_close(tmp_path / "pretrain4.npz", tmp_path / "pretrain1.npz")
+
+
+def test_evalnet_step_data_parallel(tmp_path: Path) -> None:
+    """Two evaluation-network steps (dropout, drop-path) with the batch split 4 ways."""
+    info = _run(_EVALNET, tmp_path)
+    assert info["param_specs4"] == ["PartitionSpec()"]
+    _assert_trees_close(tmp_path / "evalnet4.npz", tmp_path / "evalnet1.npz")
+
+
+def test_make_mesh_errors_and_placement() -> None:
+    """In-process (whatever device count this process has)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdarts import sharding as S
+
+    n = jax.device_count()
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
+        S.make_mesh(n + 1)
+    with pytest.raises(ValueError, match=">= 1"):
+        S.make_mesh(0)
+    mesh = S.make_mesh()
+    assert S.mesh_size(mesh) == n
+    tree = {"a": jnp.zeros((4 * n, 3)), "b": jnp.zeros((3,)), "c": 1.0, "d": None}
+    placed = S.shard_leading(tree, mesh)
+    assert placed["c"] == 1.0 and placed["d"] is None
+    assert placed["a"].sharding.spec == jax.sharding.PartitionSpec("data", None)
+    x, y = S.shard_batch(np.zeros((2 * n, 8, 8, 1)), np.zeros(2 * n), mesh)
+    assert x.shape == (2 * n, 8, 8, 1)
+    if n > 1:
+        with pytest.raises(ValueError, match="divisible"):
+            S.shard_batch(np.zeros((n + 1, 2)), np.zeros(n + 1), mesh)
+    # constrain_batch is a no-op without a mesh
+    assert S.constrain_batch(tree["a"]) is tree["a"]
