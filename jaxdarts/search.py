@@ -302,14 +302,16 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
     ep = env_cfg.episode_length
     summary: dict[str, Any] = {"variant": cfg["variant"], "space": env_cfg.net.space,
                                "seeds": []}
+    # `deterministic` is traced, so both rollouts share one compiled program.
+    final_rollout = jax.jit(evaluate_policy, static_argnums=(1, 4))
     for s in range(seeds):
         params_s = jax.tree.map(lambda x: x[s], state.params)
         env_params_s = jax.tree.map(lambda x: x[s], env_params)
         res = {}
         for det in (True, False):
-            roll = jax.jit(evaluate_policy, static_argnums=(1, 4, 5))(
+            roll = final_rollout(
                 params_s, env_lib.LockstepEnv(env_cfg, 1), env_params_s,
-                jax.random.key(int(cfg["seed"]) + 1000 + s), ep, det,
+                jax.random.key(int(cfg["seed"]) + 1000 + s), ep, jnp.asarray(det),
             )
             alphas = np.asarray(roll.info["final_alphas"][-1, 0])
             res["deterministic" if det else "stochastic"] = (

@@ -139,7 +139,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Keys that may differ between a run and its --resume.
 _RESUME_IGNORE = ("data_dir", "genotype_source")
 
-# Ordered so that the cheapest, most informative check runs first.
 _POSITIVE_INTS = ("epochs", "batch_size", "eval_batch_size", "channels", "layers")
 
 

@@ -16,13 +16,15 @@ import pytest
 
 from jaxdarts import train
 
-# Tiny settings on top of --preset quick: 2 (reduction) cells of 4 channels, 16
-# steps per jitted call (44 steps per epoch at batch 32, so an epoch is 3 calls).
-TINY = ["--preset", "quick", "--channels", "4", "--layers", "2"]
+# Tiny settings on top of --preset quick: 1 (reduction) cell of 4 channels, so that
+# XLA:CPU compiles fast; 16 steps per jitted call (44 steps per epoch at batch 32,
+# so an epoch is 3 calls). tests/test_evalnet.py covers the deeper networks.
+TINY = ["--preset", "quick", "--channels", "4", "--layers", "1"]
 TINY += ["--set", "steps_per_call=16", "--no-compile-cache"]
 GENOTYPE = "disc-acc"
-# Measured: 3 epochs of TINY reach 0.94-0.96 test accuracy on digits (chance 0.1).
-MIN_ACCURACY = 0.80
+# Measured: 3 epochs of TINY reach 0.87 test accuracy on digits (seed 0; chance 0.1;
+# 2 cells: 0.95, the full quick preset: 0.98-0.99 after 10 epochs).
+MIN_ACCURACY = 0.6
 
 
 def _config(epochs: int) -> dict:
@@ -30,7 +32,7 @@ def _config(epochs: int) -> dict:
         "quick",
         genotype=GENOTYPE,
         channels=4,
-        layers=2,
+        layers=1,
         epochs=epochs,
         steps_per_call=16,
     )
@@ -236,7 +238,7 @@ def test_host_init_matches_flax_init():
     pairs = (("dil_conv_3x3", 1), ("skip_connect", 0), ("max_pool_3x3", 1))
     pairs += (("skip_connect", 2),) + (("dil_conv_3x3", 1), ("skip_connect", 0)) * 2
     g = Genotype(pairs, (2, 3, 4, 5), pairs, (2, 3, 4, 5))
-    kw = dict(genotype=g, channels=2, layers=1, auxiliary=True, impl="xla")
+    kw = dict(genotype=g, channels=2, layers=1, impl="xla")
     # unsafe_rbg: the distributions are what matters, and threefry's per-parameter
     # kernels take XLA:CPU ~10 s to compile even for this network.
     key = jax.random.key(3, impl="unsafe_rbg")

@@ -216,7 +216,11 @@ def act(
       ``env.step`` as SB3 does), ``log_prob`` ``[*batch]`` and ``value`` ``[*batch]``.
     """
     dist, value = policy_and_value(params, obs)
-    action = dist.mode() if deterministic else dist.sample(seed=key)
+    if isinstance(deterministic, bool):
+        action = dist.mode() if deterministic else dist.sample(seed=key)
+    else:  # a traced flag: one compiled program serves both
+        mode = dist.mode()
+        action = jnp.where(deterministic, mode, dist.sample(seed=key).astype(mode.dtype))
     log_prob = dist.log_prob(action)
     if isinstance(dist, distrax.Categorical):
         action = action.astype(jnp.int32)
