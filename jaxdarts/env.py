@@ -37,7 +37,7 @@ from flax import struct
 from jax import lax
 
 from jaxdarts import data as data_lib
-from jaxdarts.rewards import RewardConfig, score_one
+from jaxdarts.rewards import RewardConfig, neg_loss, score_one
 from jaxdarts.spaces import NUM_EDGES
 from jaxdarts.supernet import Supernet, SupernetConfig, get_supernet
 
@@ -102,7 +102,9 @@ class EnvConfig:
 
     def __post_init__(self):
         if self.kind not in ("discrete", "continuous"):
-            raise ValueError(f"env kind must be 'discrete' or 'continuous', got {self.kind!r}")
+            raise ValueError(
+                f"env kind must be 'discrete' or 'continuous', got {self.kind!r}"
+            )
         if self.kind == "continuous" and self.reward.kind == "nwot":
             raise ValueError(
                 "the continuous env cannot use the nwot reward (as in the reference): "
@@ -192,10 +194,16 @@ class EnvState:
 
 def _normalize_reward(state: EnvState, r, ok, config: EnvConfig):
     """Updates the running reward statistics; returns (reward for the agent, state)."""
-    count, mean, m2 = state.reward_stats[0], state.reward_stats[1], state.reward_stats[2]
+    count, mean, m2 = (
+        state.reward_stats[0],
+        state.reward_stats[1],
+        state.reward_stats[2],
+    )
     std = jnp.sqrt(m2 / jnp.maximum(count, 1.0))
     # Like SB3's VecNormalize: clipped to [-10, 10]; 0 until two rewards were seen.
-    normed = jnp.where(count >= 2, jnp.clip((r - mean) / (std + 1e-8), -10.0, 10.0), 0.0)
+    normed = jnp.where(
+        count >= 2, jnp.clip((r - mean) / (std + 1e-8), -10.0, 10.0), 0.0
+    )
     new_count = count + ok
     delta = r - mean
     new_mean = jnp.where(ok, mean + delta / jnp.maximum(new_count, 1.0), mean)
@@ -220,7 +228,9 @@ def make_params(
             f"the validation set has {len(valid_images)} images, fewer than the reward "
             f"batch size {config.batch_size}: lower --batch-size"
         )
-    if config.weight_step and (train_images is None or len(train_images) < config.batch_size):
+    if config.weight_step and (
+        train_images is None or len(train_images) < config.batch_size
+    ):
         raise ValueError("the weight step needs a training half of at least one batch")
     if train_images is None:
         train_images = valid_images[:0]
@@ -256,7 +266,9 @@ def _frame(state: EnvState, config: EnvConfig) -> jax.Array:
     pn = jax.nn.softmax(state.alpha_normal, -1).reshape(-1)
     pr = jax.nn.softmax(state.alpha_reduce, -1).reshape(-1)
     if config.grad_obs:
-        return jnp.concatenate([pn, state.grad[0].reshape(-1), pr, state.grad[1].reshape(-1)])
+        return jnp.concatenate(
+            [pn, state.grad[0].reshape(-1), pr, state.grad[1].reshape(-1)]
+        )
     return jnp.concatenate([pn, pr])
 
 
@@ -276,12 +288,29 @@ def _batch(key, images, labels, pos, params: EnvParams, augment: bool):
     y = lax.dynamic_slice_in_dim(labels, start, b)
     if augment:
         x = data_lib.augment(
-            key, x, crop_pad=params.config.crop_pad, flip=True, cutout=0,
-            mean=params.mean, std=params.std,
+            key,
+            x,
+            crop_pad=params.config.crop_pad,
+            flip=True,
+            cutout=0,
+            mean=params.mean,
+            std=params.std,
         )
     else:
         x = data_lib.normalize(x, params.mean, params.std)
     return x, y
+
+
+def _valid_batch(key, state: EnvState, params: EnvParams):
+    """This env's next validation batch (normalised; augmented if configured)."""
+    return _batch(
+        key,
+        params.valid_images,
+        params.valid_labels,
+        state.valid_pos,
+        params,
+        params.config.augment_valid,
+    )
 
 
 def _variables(state: EnvState, params: EnvParams):
@@ -354,7 +383,9 @@ def _apply_action(state: EnvState, action, config: EnvConfig) -> EnvState:
     edge = pos % NUM_EDGES
     alphas = jnp.stack([state.alpha_normal, state.alpha_reduce])
     if config.kind == "discrete":
-        alphas = alphas.at[is_reduce.astype(jnp.int32), edge, action].set(config.sentinel)
+        alphas = alphas.at[is_reduce.astype(jnp.int32), edge, action].set(
+            config.sentinel
+        )
     else:
         delta = config.lam * jnp.clip(action.astype(jnp.float32), -1.0, 1.0)
         alphas = alphas.at[is_reduce.astype(jnp.int32), edge].add(delta)
@@ -369,8 +400,13 @@ def _weight_step(key, state: EnvState, params: EnvParams) -> EnvState:
     idx = jax.random.choice(key, n, (config.batch_size,), replace=False)
     kx, kn = jax.random.split(jax.random.fold_in(key, 1))
     x = data_lib.augment(
-        kx, params.train_images[idx], crop_pad=config.crop_pad, flip=True, cutout=0,
-        mean=params.mean, std=params.std,
+        kx,
+        params.train_images[idx],
+        crop_pad=config.crop_pad,
+        flip=True,
+        cutout=0,
+        mean=params.mean,
+        std=params.std,
     )
     y = params.train_labels[idx]
     wn, wr = net.edge_weights(state.alpha_normal, state.alpha_reduce)
@@ -379,12 +415,12 @@ def _weight_step(key, state: EnvState, params: EnvParams) -> EnvState:
     def loss_fn(p):
         v = {"params": p, "batch_stats": variables["batch_stats"]}
         logits, _, bs = net.apply_dense(v, wn, wr, x, train=True, key=kn, mutable=True)
-        return -jnp.mean(
-            jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], -1)
-        ), bs
+        return -neg_loss(logits, y), bs
 
     grads, bs = jax.grad(loss_fn, has_aux=True)(variables["params"])
-    updates, opt_state = _sgd(config).update(grads, state.opt_state, variables["params"])
+    updates, opt_state = _sgd(config).update(
+        grads, state.opt_state, variables["params"]
+    )
     new_params = optax.apply_updates(variables["params"], updates)
     return state.replace(
         variables={"params": new_params, "batch_stats": bs}, opt_state=opt_state
@@ -396,15 +432,13 @@ def _val_loss_and_grad(key, state: EnvState, params: EnvParams):
     config = params.config
     net = config.supernet
     kx, kn = jax.random.split(key)
-    x, y = _batch(kx, params.valid_images, params.valid_labels, state.valid_pos, params,
-                  config.augment_valid)
+    x, y = _valid_batch(kx, state, params)
     variables = _variables(state, params)
 
     def loss_fn(an, ar):
         wn, wr = net.edge_weights(an, ar)
         logits, _, _ = net.apply_dense(variables, wn, wr, x, key=kn)
-        loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], -1))
-        return loss, logits
+        return -neg_loss(logits, y), logits
 
     (loss, logits), (gn, gr) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
         state.alpha_normal, state.alpha_reduce
@@ -422,8 +456,7 @@ def episode_reward(key: jax.Array, state: EnvState, params: EnvParams):
     config = params.config
     net = config.supernet
     kx, kn = jax.random.split(key)
-    x, y = _batch(kx, params.valid_images, params.valid_labels, state.valid_pos, params,
-                  config.augment_valid)
+    x, y = _valid_batch(kx, state, params)
     if config.kind == "discrete" and config.reward.path == "discrete":
         arch = net.choices(state.alpha_normal, state.alpha_reduce)
     else:
@@ -432,7 +465,13 @@ def episode_reward(key: jax.Array, state: EnvState, params: EnvParams):
     if config.kind == "continuous":
         reward_cfg = dataclasses.replace(reward_cfg, path="dense")
     r, ok = score_one(
-        net, _variables(state, params), arch[0], arch[1], x, y, reward_cfg,
+        net,
+        _variables(state, params),
+        arch[0],
+        arch[1],
+        x,
+        y,
+        reward_cfg,
         kn if "noise" in net.op_names else None,
     )
     return r, ok, state.replace(valid_pos=state.valid_pos + 1)
@@ -452,7 +491,11 @@ def _post_action(key, state: EnvState, params: EnvParams, t_shared, batched: boo
         state = lax.cond(due, lambda s: fn(keys, s, params), lambda s: s, state)
     loss = logits = labels = None
     if config.grad_obs:
-        fn = jax.vmap(_val_loss_and_grad, (0, 0, None)) if batched else _val_loss_and_grad
+        fn = (
+            jax.vmap(_val_loss_and_grad, (0, 0, None))
+            if batched
+            else _val_loss_and_grad
+        )
         keys = jax.random.split(kg, state.t.shape[0]) if batched else kg
         state, loss, logits, labels = fn(keys, state, params)
     return state, (loss, logits, labels)
@@ -544,7 +587,9 @@ class LockstepEnv:
         index = jnp.arange(self.num_envs, dtype=jnp.int32)
         return jax.vmap(lambda k, i: reset(k, params, None, i))(keys, index)
 
-    def step(self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
+    def step(
+        self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
+    ):
         """Returns ``(obs [N, ...], state, reward [N], done [N], info)``."""
         config = self.config
         n = self.num_envs
@@ -565,7 +610,9 @@ class LockstepEnv:
                 if config.kind == "discrete" and config.reward.path == "discrete":
                     # lax.map keeps the per-edge lax.switch a real branch (vmap would
                     # turn it into a select that runs every op).
-                    r, ok, s = lax.map(lambda a: episode_reward(a[0], a[1], params), (keys, s))
+                    r, ok, s = lax.map(
+                        lambda a: episode_reward(a[0], a[1], params), (keys, s)
+                    )
                 else:
                     r, ok, s = jax.vmap(episode_reward, (0, 0, None))(keys, s, params)
             s = s.replace(episodes=s.episodes + 1)

@@ -18,7 +18,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxdarts.spaces import EDGE_INPUT, EDGE_NODE, NUM_EDGES, NUM_NODES, SearchSpace, get_space
+from jaxdarts.spaces import (
+    EDGE_INPUT,
+    EDGE_NODE,
+    NUM_EDGES,
+    NUM_NODES,
+    SearchSpace,
+    get_space,
+)
 
 __all__ = [
     "Genotype",
@@ -60,8 +67,12 @@ def _g(normal: Sequence[Pair], reduce: Sequence[Pair]) -> Genotype:
 def _pairs(spec: str) -> tuple[Pair, ...]:
     """'a1 b0 c1 ...' -> (('a', 1), ('b', 0), ...) with short op codes."""
     short = {
-        "s3": "sep_conv_3x3", "s5": "sep_conv_5x5", "d3": "dil_conv_3x3",
-        "d5": "dil_conv_5x5", "sk": "skip_connect", "ap": "avg_pool_3x3",
+        "s3": "sep_conv_3x3",
+        "s5": "sep_conv_5x5",
+        "d3": "dil_conv_3x3",
+        "d5": "dil_conv_5x5",
+        "sk": "skip_connect",
+        "ap": "avg_pool_3x3",
         "mp": "max_pool_3x3",
     }
     return tuple((short[t[:-1]], int(t[-1])) for t in spec.split())
@@ -73,31 +84,40 @@ def _pairs(spec: str) -> tuple[Pair, ...]:
 # chosen while acting on the supernet's normal positions.
 PUBLISHED: dict[str, Genotype] = {
     "disc-nwot": _g(
-        _pairs("d51 d50 s51 mp0 sk1 d50 mp1 mp0"), _pairs("s51 s50 s51 s50 s51 s50 s51 s50")
+        _pairs("d51 d50 s51 mp0 sk1 d50 mp1 mp0"),
+        _pairs("s51 s50 s51 s50 s51 s50 s51 s50"),
     ),
     "disc-acc": _g(
-        _pairs("ap1 ap0 ap1 ap0 ap1 ap0 ap1 ap0"), _pairs("d31 d30 ap1 d30 d31 d30 s51 mp0")
+        _pairs("ap1 ap0 ap1 ap0 ap1 ap0 ap1 ap0"),
+        _pairs("d31 d30 ap1 d30 d31 d30 s51 mp0"),
     ),
     "disc-loss": _g(
-        _pairs("mp1 mp0 mp1 mp0 mp1 d50 ap1 s30"), _pairs("d31 ap0 s31 ap0 s32 sk0 d31 ap0")
+        _pairs("mp1 mp0 mp1 mp0 mp1 d50 ap1 s30"),
+        _pairs("d31 ap0 s31 ap0 s32 sk0 d31 ap0"),
     ),
     "disc-ckpt-acc": _g(
-        _pairs("s51 s50 s51 s50 ap1 s50 ap1 ap0"), _pairs("d50 s51 mp0 d51 mp2 s50 mp1 mp0")
+        _pairs("s51 s50 s51 s50 ap1 s50 ap1 ap0"),
+        _pairs("d50 s51 mp0 d51 mp2 s50 mp1 mp0"),
     ),
     "disc-ckpt-loss": _g(
-        _pairs("sk1 sk0 sk1 sk0 sk1 sk0 sk1 sk0"), _pairs("sk1 d50 d50 sk1 mp0 d52 d52 sk3")
+        _pairs("sk1 sk0 sk1 sk0 sk1 sk0 sk1 sk0"),
+        _pairs("sk1 d50 d50 sk1 mp0 d52 d52 sk3"),
     ),
     "cont-acc-step": _g(
-        _pairs("mp1 s50 mp0 s52 s51 d30 ap3 ap0"), _pairs("s51 ap0 ap2 mp1 mp2 mp1 s52 s54")
+        _pairs("mp1 s50 mp0 s52 s51 d30 ap3 ap0"),
+        _pairs("s51 ap0 ap2 mp1 mp2 mp1 s52 s54"),
     ),
     "cont-loss-step": _g(
-        _pairs("s50 s31 mp0 sk1 d51 mp0 s32 mp4"), _pairs("d51 mp0 mp2 s31 mp2 s51 s34 s31")
+        _pairs("s50 s31 mp0 sk1 d51 mp0 s32 mp4"),
+        _pairs("d51 mp0 mp2 s31 mp2 s51 s34 s31"),
     ),
     "cont-acc-grad-step": _g(
-        _pairs("d30 d31 mp1 s52 s53 mp1 d31 ap3"), _pairs("ap1 ap0 s50 s52 d32 d31 ap3 d31")
+        _pairs("d30 d31 mp1 s52 s53 mp1 d31 ap3"),
+        _pairs("ap1 ap0 s50 s52 d32 d31 ap3 d31"),
     ),
     "cont-loss-grad-step": _g(
-        _pairs("s30 sk1 d51 d52 s53 ap1 d53 mp0"), _pairs("s50 sk1 s51 d52 ap3 ap0 s52 d53")
+        _pairs("s30 sk1 d51 d52 s53 ap1 d53 mp0"),
+        _pairs("s50 sk1 s51 d52 ap3 ap0 s52 d53"),
     ),
 }
 
@@ -106,11 +126,15 @@ def get_genotype(name: str) -> Genotype:
     """A published genotype by variant name (``disc-nwot``; ``DISC_NWOT`` also works)."""
     key = name.strip().lower().replace("_", "-")
     if key not in PUBLISHED:
-        raise ValueError(f"unknown genotype {name!r}; published ones are {sorted(PUBLISHED)}")
+        raise ValueError(
+            f"unknown genotype {name!r}; published ones are {sorted(PUBLISHED)}"
+        )
     return PUBLISHED[key]
 
 
-def validate_genotype(genotype: Genotype, space: SearchSpace | str | None = None) -> Genotype:
+def validate_genotype(
+    genotype: Genotype, space: SearchSpace | str | None = None
+) -> Genotype:
     """Checks ops and wiring; returns the genotype.
 
     Raises:
@@ -145,7 +169,9 @@ def validate_genotype(genotype: Genotype, space: SearchSpace | str | None = None
         concat = getattr(genotype, f"{cell}_concat")
         n_states = 2 + len(pairs) // 2
         if not concat or any(not 0 <= int(c) < n_states for c in concat):
-            raise ValueError(f"genotype.{cell}_concat {list(concat)} must index 0..{n_states - 1}")
+            raise ValueError(
+                f"genotype.{cell}_concat {list(concat)} must index 0..{n_states - 1}"
+            )
     return genotype
 
 
@@ -156,7 +182,9 @@ def _log_softmax(a: np.ndarray) -> np.ndarray:
     return a - m - np.log(np.exp(a - m).sum(-1, keepdims=True))
 
 
-def _derive_cell(alpha: np.ndarray, ops: Sequence[Sequence[str]], k: int = 2) -> tuple[Pair, ...]:
+def _derive_cell(
+    alpha: np.ndarray, ops: Sequence[Sequence[str]], k: int = 2
+) -> tuple[Pair, ...]:
     w = _log_softmax(alpha)
     pairs: list[Pair] = []
     for node in range(NUM_NODES):
@@ -171,7 +199,7 @@ def _derive_cell(alpha: np.ndarray, ops: Sequence[Sequence[str]], k: int = 2) ->
             best.append((wt, e, a))
         best.sort(key=lambda t: (-t[0], t[1]))  # ties: lowest edge index
         # Listed by weight, ties by descending edge index: the published form.
-        for wt, e, a in sorted(best[:k], key=lambda t: (-t[0], -t[1])):
+        for _wt, e, a in sorted(best[:k], key=lambda t: (-t[0], -t[1])):
             pairs.append((ops[e][a], EDGE_INPUT[e]))
     return tuple(pairs)
 
@@ -194,12 +222,18 @@ def derive_genotype(alpha_normal, alpha_reduce, space: SearchSpace | str) -> Gen
     an, ar = np.asarray(alpha_normal), np.asarray(alpha_reduce)
     expect = (NUM_EDGES, space.num_ops)
     if an.shape != expect or ar.shape != expect:
-        raise ValueError(f"alphas must have shape {expect}, got {an.shape} and {ar.shape}")
+        raise ValueError(
+            f"alphas must have shape {expect}, got {an.shape} and {ar.shape}"
+        )
     concat = tuple(range(2, 2 + NUM_NODES))
-    return Genotype(_derive_cell(an, space.normal), concat, _derive_cell(ar, space.reduce), concat)
+    return Genotype(
+        _derive_cell(an, space.normal), concat, _derive_cell(ar, space.reduce), concat
+    )
 
 
-def genotype_edge_ops(genotype: Genotype) -> tuple[tuple[str | None, ...], tuple[str | None, ...]]:
+def genotype_edge_ops(
+    genotype: Genotype,
+) -> tuple[tuple[str | None, ...], tuple[str | None, ...]]:
     """Per-edge op names (``None`` = no edge) of both cells, in the 14-edge order.
 
     A genotype with two pairs from the same input to one node keeps the first.
@@ -208,11 +242,17 @@ def genotype_edge_ops(genotype: Genotype) -> tuple[tuple[str | None, ...], tuple
     out = []
     for pairs in (genotype.normal, genotype.reduce):
         if len(pairs) != 2 * NUM_NODES:
-            raise ValueError(f"a supernet genotype needs {2 * NUM_NODES} pairs per cell")
+            raise ValueError(
+                f"a supernet genotype needs {2 * NUM_NODES} pairs per cell"
+            )
         ops: list[str | None] = [None] * NUM_EDGES
         for k, (op, idx) in enumerate(pairs):
             node = k // 2
-            e = next(e for e in range(NUM_EDGES) if EDGE_NODE[e] == node and EDGE_INPUT[e] == idx)
+            e = next(
+                e
+                for e in range(NUM_EDGES)
+                if EDGE_NODE[e] == node and EDGE_INPUT[e] == idx
+            )
             if ops[e] is None:
                 ops[e] = op
         out.append(tuple(ops))
@@ -266,7 +306,11 @@ def to_darts_string(genotype: Genotype) -> str:
 
 def from_darts_string(text: str) -> Genotype:
     """Parses the DARTS repr (``range(a, b)`` or lists for the concats)."""
-    text = re.sub(r"range\((\d+),\s*(\d+)\)", lambda m: repr(list(range(int(m[1]), int(m[2])))), text)
+    text = re.sub(
+        r"range\((\d+),\s*(\d+)\)",
+        lambda m: repr(list(range(int(m[1]), int(m[2])))),
+        text,
+    )
     try:
         call = ast.parse(text.strip(), mode="eval").body
         if not isinstance(call, ast.Call):
@@ -279,7 +323,9 @@ def from_darts_string(text: str) -> Genotype:
         raise ValueError(f"cannot parse genotype string {text[:80]!r}...: {e}") from e
 
 
-def save_genotype_json(path, genotype: Genotype, space: str | None = None, **extra) -> None:
+def save_genotype_json(
+    path, genotype: Genotype, space: str | None = None, **extra
+) -> None:
     """Writes ``to_json_dict`` (plus ``genotype`` = the DARTS string and any extras) atomically."""
     from jaxdarts.io import atomic_write_json
 

@@ -9,7 +9,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_json", "atomic_write_text", "atomic_write_bytes", "to_jsonable"]
+__all__ = [
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "to_jsonable",
+]
 
 
 def to_jsonable(x: Any) -> Any:
@@ -31,7 +36,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(
+        dir=folder, prefix=".tmp-", suffix=os.path.basename(path)
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -52,4 +59,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n"
+    )

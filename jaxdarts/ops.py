@@ -32,7 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["OPS", "make_op", "BatchNorm", "FactorizedReduce", "ReLUConvBN", "resolve_impl"]
+__all__ = [
+    "OPS",
+    "make_op",
+    "BatchNorm",
+    "FactorizedReduce",
+    "ReLUConvBN",
+    "resolve_impl",
+]
 
 Codes = list | None
 
@@ -45,7 +52,9 @@ def resolve_impl(impl: str) -> str:
     if impl == "auto":
         return "shift" if jax.default_backend() == "cpu" else "xla"
     if impl not in ("shift", "xla", "loop"):
-        raise ValueError(f"op impl must be 'auto', 'shift', 'loop' or 'xla', got {impl!r}")
+        raise ValueError(
+            f"op impl must be 'auto', 'shift', 'loop' or 'xla', got {impl!r}"
+        )
     return impl
 
 
@@ -66,7 +75,12 @@ def _shifted(xp: jax.Array, k: int, stride: int, dilation: int, ho: int, wo: int
     for i in range(k):
         for j in range(k):
             start = (0, i * dilation, j * dilation, 0)
-            limit = (b, start[1] + (ho - 1) * stride + 1, start[2] + (wo - 1) * stride + 1, c)
+            limit = (
+                b,
+                start[1] + (ho - 1) * stride + 1,
+                start[2] + (wo - 1) * stride + 1,
+                c,
+            )
             yield i, j, lax.slice(xp, start, limit, (1, stride, stride, 1))
 
 
@@ -116,7 +130,11 @@ def max_pool(x, stride: int, impl: str):
     """3x3 max pool, padding 1 (padding never wins)."""
     if resolve_impl(impl) == "xla":
         return lax.reduce_window(
-            x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+            x,
+            -jnp.inf,
+            lax.max,
+            (1, 3, 3, 1),
+            (1, stride, stride, 1),
             [(0, 0), (1, 1), (1, 1), (0, 0)],
         )
     ho, wo = _out_size(x.shape[1], 3, stride, 1), _out_size(x.shape[2], 3, stride, 1)
@@ -135,14 +153,21 @@ def avg_pool(x, stride: int, impl: str):
     ho, wo = _out_size(h, 3, stride, 1), _out_size(w, 3, stride, 1)
     ones = np.pad(np.ones((h, w), np.float32), 1)
     count = sum(
-        ones[i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride]
+        ones[
+            i : i + (ho - 1) * stride + 1 : stride,
+            j : j + (wo - 1) * stride + 1 : stride,
+        ]
         for i in range(3)
         for j in range(3)
     )
     count = jnp.asarray(count[None, :, :, None], x.dtype)
     if resolve_impl(impl) == "xla":
         total = lax.reduce_window(
-            x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1),
+            x,
+            0.0,
+            lax.add,
+            (1, 3, 3, 1),
+            (1, stride, stride, 1),
             [(0, 0), (1, 1), (1, 1), (0, 0)],
         )
         return total / count
@@ -166,8 +191,12 @@ class BatchNorm(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
         axes = tuple(range(x.ndim - 1))
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        ra_mean = self.variable(
+            "batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32)
+        )
+        ra_var = self.variable(
+            "batch_stats", "var", lambda: jnp.ones((c,), jnp.float32)
+        )
         if train:
             xf = x.astype(jnp.float32)
             mean = xf.mean(axes)
@@ -214,8 +243,11 @@ class Conv(nn.Module):
             x = x[:, :: self.stride, :: self.stride]
             return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0].astype(x.dtype))
         return lax.conv_general_dilated(
-            x, w.astype(x.dtype), (self.stride, self.stride),
-            [(self.pad, self.pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            x,
+            w.astype(x.dtype),
+            (self.stride, self.stride),
+            [(self.pad, self.pad)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
 
 
@@ -251,11 +283,15 @@ class DilConv(nn.Module):
         x = relu(x, codes)
         dw = self.param(
             "depthwise",
-            nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 1), out_axis=2),
+            nn.initializers.variance_scaling(
+                1.0 / 3.0, "fan_in", "uniform", in_axis=(0, 1), out_axis=2
+            ),
             (self.kernel, self.kernel, x.shape[-1]),
             jnp.float32,
         )
-        x = depthwise_conv(x, dw.astype(x.dtype), self.stride, self.pad, self.dilation, self.impl)
+        x = depthwise_conv(
+            x, dw.astype(x.dtype), self.stride, self.pad, self.dilation, self.impl
+        )
         x = Pointwise(self.features)(x)
         return BatchNorm(self.affine)(x, train)
 
@@ -273,12 +309,12 @@ class SepConv(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, codes: Codes = None):
         c_in = x.shape[-1]
-        x = DilConv(c_in, self.kernel, self.stride, self.pad, 1, self.affine, self.impl)(
-            x, train, codes
-        )
-        return DilConv(self.features, self.kernel, 1, self.pad, 1, self.affine, self.impl)(
-            x, train, codes
-        )
+        x = DilConv(
+            c_in, self.kernel, self.stride, self.pad, 1, self.affine, self.impl
+        )(x, train, codes)
+        return DilConv(
+            self.features, self.kernel, 1, self.pad, 1, self.affine, self.impl
+        )(x, train, codes)
 
 
 class FactorizedReduce(nn.Module):
@@ -290,7 +326,9 @@ class FactorizedReduce(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, codes: Codes = None):
         if self.features % 2:
-            raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
+            raise ValueError(
+                f"FactorizedReduce needs an even channel count, got {self.features}"
+            )
         x = relu(x, codes)
         a = Pointwise(self.features // 2)(x[:, ::2, ::2])
         b = Pointwise(self.features // 2)(x[:, 1::2, 1::2])

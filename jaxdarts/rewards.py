@@ -63,9 +63,13 @@ class RewardConfig:
 
     def __post_init__(self):
         if self.kind not in REWARDS:
-            raise ValueError(f"unknown reward {self.kind!r}; choose one of {list(REWARDS)}")
+            raise ValueError(
+                f"unknown reward {self.kind!r}; choose one of {list(REWARDS)}"
+            )
         if self.path not in ("discrete", "dense"):
-            raise ValueError(f"reward path must be 'discrete' or 'dense', got {self.path!r}")
+            raise ValueError(
+                f"reward path must be 'discrete' or 'dense', got {self.path!r}"
+            )
 
 
 def nwot_score(stats: NwotStats) -> tuple[jax.Array, jax.Array]:
@@ -135,7 +139,12 @@ def score_one(
     collect = config.kind == "nwot"
     apply = net.apply_discrete if config.path == "discrete" else net.apply_dense
     logits, stats, _ = apply(
-        variables, arch_normal, arch_reduce, images, train=config.bn_train, key=key,
+        variables,
+        arch_normal,
+        arch_reduce,
+        images,
+        train=config.bn_train,
+        key=key,
         collect=collect,
     )
     return _reward(config.kind, logits, labels, stats, config.invalid_reward)
@@ -173,9 +182,12 @@ def score_architectures(
 
     if config.path == "discrete":
         if per_arch_data:
-            return lax.map(lambda a: one(*a), (arch_normal, arch_reduce, images, labels, keys))
+            return lax.map(
+                lambda a: one(*a), (arch_normal, arch_reduce, images, labels, keys)
+            )
         return lax.map(
-            lambda a: one(a[0], a[1], images, labels, a[2]), (arch_normal, arch_reduce, keys)
+            lambda a: one(a[0], a[1], images, labels, a[2]),
+            (arch_normal, arch_reduce, keys),
         )
     axes = 0 if per_arch_data else None
     return jax.vmap(one, in_axes=(0, 0, axes, axes, 0))(

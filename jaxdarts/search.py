@@ -104,29 +104,48 @@ def resolve(cfg: dict):
     if int(r["total_steps"]) < 1 or int(r["updates_per_chunk"]) < 1:
         raise ValueError("run.total_steps and run.updates_per_chunk must be >= 1")
     net = SupernetConfig(
-        space=s["space"], channels=int(s["channels"]), layers=int(s["layers"]),
-        num_classes=10, impl=s["impl"], swap_cells=dartsrl,
+        space=s["space"],
+        channels=int(s["channels"]),
+        layers=int(s["layers"]),
+        num_classes=10,
+        impl=s["impl"],
+        swap_cells=dartsrl,
     )
     reward = RewardConfig(
-        kind=e["reward"], path=e["reward_path"],
-        bn_train=e["nwot_flavour"] == "original", invalid_reward=float(e["invalid_reward"]),
+        kind=e["reward"],
+        path=e["reward_path"],
+        bn_train=e["nwot_flavour"] == "original",
+        invalid_reward=float(e["invalid_reward"]),
     )
     env_cfg = EnvConfig(
-        kind=e["kind"], net=net, reward=reward, batch_size=int(e["batch_size"]),
-        sentinel=float(e["sentinel"]), alpha_std=float(e["alpha_std"]), lam=float(e["lam"]),
-        sweeps=int(e["sweeps"]), frame_stack=int(e["frame_stack"]),
-        grad_obs=bool(e["grad_obs"]), weight_step=bool(e["weight_step"]),
+        kind=e["kind"],
+        net=net,
+        reward=reward,
+        batch_size=int(e["batch_size"]),
+        sentinel=float(e["sentinel"]),
+        alpha_std=float(e["alpha_std"]),
+        lam=float(e["lam"]),
+        sweeps=int(e["sweeps"]),
+        frame_stack=int(e["frame_stack"]),
+        grad_obs=bool(e["grad_obs"]),
+        weight_step=bool(e["weight_step"]),
         weight_step_period=1 if dartsrl else int(e["weight_step_period"]),
-        augment_valid=bool(e["augment_valid"]), reward_norm=bool(e["reward_norm"]),
+        augment_valid=bool(e["augment_valid"]),
+        reward_norm=bool(e["reward_norm"]),
     )
     num_envs = int(e["num_envs"])
     n_steps = math.ceil(int(p["transitions_per_update"]) / num_envs)
     ppo = PPOConfig(
-        learning_rate=float(p["learning_rate"]), n_steps=n_steps,
-        batch_size=int(p["batch_size"]), n_epochs=int(p["n_epochs"]),
-        gamma=float(p["gamma"]), gae_lambda=float(p["gae_lambda"]),
-        clip_range=float(p["clip_range"]), ent_coef=float(p["ent_coef"]),
-        vf_coef=float(p["vf_coef"]), max_grad_norm=float(p["max_grad_norm"]),
+        learning_rate=float(p["learning_rate"]),
+        n_steps=n_steps,
+        batch_size=int(p["batch_size"]),
+        n_epochs=int(p["n_epochs"]),
+        gamma=float(p["gamma"]),
+        gae_lambda=float(p["gae_lambda"]),
+        clip_range=float(p["clip_range"]),
+        ent_coef=float(p["ent_coef"]),
+        vf_coef=float(p["vf_coef"]),
+        max_grad_norm=float(p["max_grad_norm"]),
     )
     return env_cfg, ppo, num_envs
 
@@ -173,20 +192,30 @@ def _prepare(cfg: dict, env_cfg):
         variables, _ = load_supernet(
             ckpt,
             expect={
-                "space": env_cfg.net.space, "channels": env_cfg.net.channels,
-                "layers": env_cfg.net.layers, "num_classes": env_cfg.net.num_classes,
+                "space": env_cfg.net.space,
+                "channels": env_cfg.net.channels,
+                "layers": env_cfg.net.layers,
+                "num_classes": env_cfg.net.num_classes,
                 "image_shape": list(ds.image_shape),
             },
         )
         per_seed = [variables] * seeds
     else:
         per_seed = [
-            net.init(jax.random.fold_in(jax.random.key(int(cfg["seed"]) + i), 7), ds.image_shape)
+            net.init(
+                jax.random.fold_in(jax.random.key(int(cfg["seed"]) + i), 7),
+                ds.image_shape,
+            )
             for i in range(seeds)
         ]
     params = [
         env_lib.make_params(
-            env_cfg, v, ds.train_images[va], ds.train_labels[va], ds.mean, ds.std,
+            env_cfg,
+            v,
+            ds.train_images[va],
+            ds.train_labels[va],
+            ds.mean,
+            ds.std,
             ds.train_images[tr] if env_cfg.weight_step else None,
             ds.train_labels[tr] if env_cfg.weight_step else None,
         )
@@ -199,21 +228,42 @@ def _prepare(cfg: dict, env_cfg):
 def _genotype_of(alphas, env_cfg):
     from jaxdarts.genotypes import derive_genotype
 
-    return derive_genotype(np.asarray(alphas[0]), np.asarray(alphas[1]), env_cfg.net.space)
+    return derive_genotype(
+        np.asarray(alphas[0]), np.asarray(alphas[1]), env_cfg.net.space
+    )
 
 
 # ----------------------------------------------------------------------------- run
-def run(cfg: dict, out: str | None = None, resume: bool = False,
-        overwrite: bool = False) -> dict:
-    """Runs (or resumes) a search into the run folder ``out``; returns the summary."""
+def run(
+    cfg: dict,
+    out: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    devices: int | None = None,
+) -> dict:
+    """Runs (or resumes) a search into the run folder ``out``; returns the summary.
+
+    ``devices``: split the lockstep envs over the first ``devices`` devices
+    (:mod:`jaxdarts.sharding`; not part of the config, the results agree to float
+    rounding).
+    """
     env_cfg, ppo_cfg, num_envs = resolve(cfg)  # errors before anything expensive
+    _check_devices(devices, num_envs)
     from jaxdarts.runs import (
-        GracefulInterrupt, RunDir, enable_compilation_cache, progress, setup_logging,
+        GracefulInterrupt,
+        RunDir,
+        enable_compilation_cache,
+        progress,
+        setup_logging,
     )
 
     if out is None:
         out = os.path.join("runs", f"{cfg['variant']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir = RunDir.resume(out, cfg) if resume else RunDir.create(out, cfg, overwrite=overwrite)
+    run_dir = (
+        RunDir.resume(out, cfg)
+        if resume
+        else RunDir.create(out, cfg, overwrite=overwrite)
+    )
     setup_logging(run_dir.path)
     enable_compilation_cache()
 
@@ -222,8 +272,8 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
 
     from jaxdarts import env as env_lib
     from jaxdarts.genotypes import save_genotype_json, to_darts_string, to_json_dict
-    from jaxdarts.ppo import evaluate_policy, make_train
     from jaxdarts.plotting import plot_genotype
+    from jaxdarts.ppo import evaluate_policy, make_train
 
     env_params, env_cfg, ds = _prepare(cfg, env_cfg)
     venv = env_lib.LockstepEnv(env_cfg, num_envs)
@@ -249,8 +299,15 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
     init_jit = jax.jit(init_all)
     chunk_jit = jax.jit(chunk_all, static_argnums=2, donate_argnums=0)
     ckpt = run_dir.checkpointer()
-    log.info("run folder %s | variant %s | %d seed(s) x %d env(s) | %d updates of %d steps",
-             run_dir.path, cfg["variant"], seeds, num_envs, total_updates, per_update)
+    log.info(
+        "run folder %s | variant %s | %d seed(s) x %d env(s) | %d updates of %d steps",
+        run_dir.path,
+        cfg["variant"],
+        seeds,
+        num_envs,
+        total_updates,
+        per_update,
+    )
     t0 = time.time()
     state = init_jit(keys, env_params)
     done_updates = 0
@@ -261,6 +318,7 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
             done_updates = step
             run_dir.truncate_metrics(step, key="update")
             log.info("resumed from update %d", step)
+    state, env_params = _shard(state, env_params, devices, env_cfg)
     bar = progress(total_updates, "search", initial=done_updates, unit="upd")
     interrupted = False
     n_chunks = 0
@@ -272,11 +330,15 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
             metrics = jax.device_get(metrics)
             dt = time.time() - tc
             for u in range(n):
-                rec = {"update": done_updates + u + 1,
-                       "timesteps": (done_updates + u + 1) * per_update}
+                rec = {
+                    "update": done_updates + u + 1,
+                    "timesteps": (done_updates + u + 1) * per_update,
+                }
                 for name, val in metrics.items():
                     vals = np.asarray(val)[:, u]
-                    rec[name] = float(vals[0]) if seeds == 1 else [float(x) for x in vals]
+                    rec[name] = (
+                        float(vals[0]) if seeds == 1 else [float(x) for x in vals]
+                    )
                 rec["steps_per_s"] = per_update * seeds * n / dt
                 run_dir.append_metrics(rec)
             done_updates += n
@@ -284,7 +346,10 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
             bar.update(n)
             m = np.asarray(metrics["reward_mean"])[:, -1]
             bar.set_postfix(reward=f"{np.nanmean(m):.4g}")
-            if n_chunks % int(cfg["run"]["checkpoint_every"]) == 0 or done_updates >= total_updates:
+            if (
+                n_chunks % int(cfg["run"]["checkpoint_every"]) == 0
+                or done_updates >= total_updates
+            ):
                 ckpt.save(done_updates, state)
             if stop.requested:
                 ckpt.save(done_updates, state)
@@ -293,29 +358,40 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
     bar.close()
     ckpt.wait()
     if interrupted:
-        log.info("interrupted: checkpoint saved at update %d; continue with --resume %s",
-                 done_updates, run_dir.path)
+        log.info(
+            "interrupted: checkpoint saved at update %d; continue with --resume %s",
+            done_updates,
+            run_dir.path,
+        )
         ckpt.close()
         return {"interrupted": True, "update": done_updates}
 
     # Final architectures: deterministic and stochastic rollouts of the policy.
     ep = env_cfg.episode_length
-    summary: dict[str, Any] = {"variant": cfg["variant"], "space": env_cfg.net.space,
-                               "seeds": []}
+    summary: dict[str, Any] = {
+        "variant": cfg["variant"],
+        "space": env_cfg.net.space,
+        "seeds": [],
+    }
     # `deterministic` is traced, so both rollouts share one compiled program.
     final_rollout = jax.jit(evaluate_policy, static_argnums=(1, 4))
     for s in range(seeds):
-        params_s = jax.tree.map(lambda x: x[s], state.params)
-        env_params_s = jax.tree.map(lambda x: x[s], env_params)
+        params_s = jax.tree.map(lambda x, s=s: x[s], state.params)
+        env_params_s = jax.tree.map(lambda x, s=s: x[s], env_params)
         res = {}
         for det in (True, False):
             roll = final_rollout(
-                params_s, env_lib.LockstepEnv(env_cfg, 1), env_params_s,
-                jax.random.key(int(cfg["seed"]) + 1000 + s), ep, jnp.asarray(det),
+                params_s,
+                env_lib.LockstepEnv(env_cfg, 1),
+                env_params_s,
+                jax.random.key(int(cfg["seed"]) + 1000 + s),
+                ep,
+                jnp.asarray(det),
             )
             alphas = np.asarray(roll.info["final_alphas"][-1, 0])
             res["deterministic" if det else "stochastic"] = (
-                _genotype_of(alphas, env_cfg), float(roll.info["raw_reward"][-1, 0])
+                _genotype_of(alphas, env_cfg),
+                float(roll.info["raw_reward"][-1, 0]),
             )
         suffix = "" if seeds == 1 else f"-seed{s}"
         g_det, r_det = res["deterministic"]
@@ -323,38 +399,104 @@ def run(cfg: dict, out: str | None = None, resume: bool = False,
         top_r = np.asarray(state.track["rewards"][s])
         top_a = np.asarray(state.track["alphas"][s])
         top = [
-            {"reward": float(r), "genotype": to_json_dict(_genotype_of(a, env_cfg)),
-             "normal_ops": [env_cfg.supernet.space.normal[e][int(i)]
-                            for e, i in enumerate(a[0].argmax(-1))],
-             "reduce_ops": [env_cfg.supernet.space.reduce[e][int(i)]
-                            for e, i in enumerate(a[1].argmax(-1))]}
-            for r, a in zip(top_r, top_a, strict=True) if np.isfinite(r)
+            {
+                "reward": float(r),
+                "genotype": to_json_dict(_genotype_of(a, env_cfg)),
+                "normal_ops": [
+                    env_cfg.supernet.space.normal[e][int(i)]
+                    for e, i in enumerate(a[0].argmax(-1))
+                ],
+                "reduce_ops": [
+                    env_cfg.supernet.space.reduce[e][int(i)]
+                    for e, i in enumerate(a[1].argmax(-1))
+                ],
+            }
+            for r, a in zip(top_r, top_a, strict=True)
+            if np.isfinite(r)
         ]
         save_genotype_json(
-            run_dir.path / f"genotype{suffix}.json", g_det, env_cfg.net.space,
-            reward=r_det, seed=int(cfg["seed"]) + s, policy="deterministic",
-            stochastic={"genotype": to_json_dict(g_sto), "darts": to_darts_string(g_sto),
-                        "reward": r_sto},
+            run_dir.path / f"genotype{suffix}.json",
+            g_det,
+            env_cfg.net.space,
+            reward=r_det,
+            seed=int(cfg["seed"]) + s,
+            policy="deterministic",
+            stochastic={
+                "genotype": to_json_dict(g_sto),
+                "darts": to_darts_string(g_sto),
+                "reward": r_sto,
+            },
         )
-        (run_dir.path / f"genotype{suffix}.txt").write_text(to_darts_string(g_det) + "\n")
+        (run_dir.path / f"genotype{suffix}.txt").write_text(
+            to_darts_string(g_det) + "\n"
+        )
         run_dir.write_json(f"top_architectures{suffix}.json", top)
-        plot_genotype(g_det, run_dir.path / f"cells{suffix}",
-                      title=f"{cfg['variant']} (deterministic policy)")
-        plot_genotype(g_sto, run_dir.path / f"cells-stochastic{suffix}",
-                      title=f"{cfg['variant']} (stochastic policy)")
-        summary["seeds"].append({"genotype": to_darts_string(g_det), "reward": r_det,
-                                 "stochastic_reward": r_sto,
-                                 "best_seen": top[0]["reward"] if top else None})
+        plot_genotype(
+            g_det,
+            run_dir.path / f"cells{suffix}",
+            title=f"{cfg['variant']} (deterministic policy)",
+        )
+        plot_genotype(
+            g_sto,
+            run_dir.path / f"cells-stochastic{suffix}",
+            title=f"{cfg['variant']} (stochastic policy)",
+        )
+        summary["seeds"].append(
+            {
+                "genotype": to_darts_string(g_det),
+                "reward": r_det,
+                "stochastic_reward": r_sto,
+                "best_seen": top[0]["reward"] if top else None,
+            }
+        )
     summary["updates"] = done_updates
     summary["timesteps"] = done_updates * per_update
     summary["wall_s"] = time.time() - t0
     run_dir.write_json("summary.json", summary)
     ckpt.close()
-    log.info("done: %d steps in %.0fs; genotype -> %s", summary["timesteps"],
-             summary["wall_s"], run_dir.path / "genotype.json")
-    print(f"search finished: outputs in {run_dir.path} "
-          f"(genotype.json, cells.png, metrics.jsonl, top_architectures.json)")
+    log.info(
+        "done: %d steps in %.0fs; genotype -> %s",
+        summary["timesteps"],
+        summary["wall_s"],
+        run_dir.path / "genotype.json",
+    )
+    print(
+        f"search finished: outputs in {run_dir.path} "
+        f"(genotype.json, cells.png, metrics.jsonl, top_architectures.json)"
+    )
     return summary
+
+
+# ------------------------------------------------------------------- --devices N
+def _check_devices(devices: int | None, num_envs: int) -> None:
+    if devices is None:
+        return
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {devices}")
+    if num_envs % devices:
+        raise ValueError(
+            f"--devices {devices} must divide the number of envs ({num_envs}): "
+            "choose --num-envs as a multiple of it"
+        )
+
+
+def _shard(state, env_params, devices: int | None, env_cfg):
+    """Splits the env batch over ``devices`` devices; agent and env params replicated."""
+    if devices is None:
+        return state, env_params
+    from jaxdarts import sharding
+
+    mesh = sharding.make_mesh(devices)
+    state = sharding.shard_train_state(state, mesh, env_axis=1)  # [seeds, envs, ...]
+    env_params = sharding.replicate(env_params, mesh)
+    log.info("env batch split over %d device(s): %s", devices, mesh.devices.tolist())
+    if devices > 1 and env_cfg.kind == "discrete" and env_cfg.reward.path == "discrete":
+        log.warning(
+            "reward_path=discrete scores the envs one by one (lax.map), which every "
+            "device then runs for all envs: use --set env.reward_path=dense to split "
+            "the rewards over the devices"
+        )
+    return state, env_params
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -378,8 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<variant>-<time>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config value, e.g. --set env.batch_size=32")
+    p.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="split the lockstep envs over the first N devices (jax.sharding; "
+        "--num-envs must be a multiple of N)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config value, e.g. --set env.batch_size=32",
+    )
     p.add_argument("--print-config", action="store_true")
     return p
 
@@ -393,10 +547,15 @@ def config_from_args(args) -> dict:
             return json.load(f)
     cfg = make_config(args.variant, args.preset)
     flat = {
-        "supernet.space": args.space, "data.dataset": args.dataset,
-        "data.data_dir": args.data_dir, "seed": args.seed, "seeds": args.seeds,
-        "env.num_envs": args.num_envs, "run.total_steps": args.total_steps,
-        "supernet.checkpoint": args.supernet_ckpt, "compat": args.compat,
+        "supernet.space": args.space,
+        "data.dataset": args.dataset,
+        "data.data_dir": args.data_dir,
+        "seed": args.seed,
+        "seeds": args.seeds,
+        "env.num_envs": args.num_envs,
+        "run.total_steps": args.total_steps,
+        "supernet.checkpoint": args.supernet_ckpt,
+        "compat": args.compat,
     }
     for k, v in flat.items():
         if v is not None:
@@ -416,8 +575,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         if args.resume and (args.out or args.overwrite):
             raise ValueError("--resume DIR continues DIR: drop --out/--overwrite")
-        resolve(cfg)
-        if cfg["supernet"]["checkpoint"] and not os.path.isdir(cfg["supernet"]["checkpoint"]):
+        _check_devices(args.devices, resolve(cfg)[2])
+        if cfg["supernet"]["checkpoint"] and not os.path.isdir(
+            cfg["supernet"]["checkpoint"]
+        ):
             raise FileNotFoundError(
                 f"--supernet-ckpt {cfg['supernet']['checkpoint']}: no such folder"
             )
@@ -427,8 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(cfg, indent=2))
         return 0
     try:
-        run(cfg, out=args.resume or args.out, resume=bool(args.resume),
-            overwrite=args.overwrite)
+        run(
+            cfg,
+            out=args.resume or args.out,
+            resume=bool(args.resume),
+            overwrite=args.overwrite,
+            devices=args.devices,
+        )
     except Exception as e:  # errors found after start-up, e.g. a run folder that exists
         from jaxdarts.runs import ConfigMismatchError, RunExistsError
 

@@ -69,7 +69,9 @@ class SearchSpace:
     def __post_init__(self):
         for cell in (self.normal, self.reduce):
             if len(cell) != NUM_EDGES:
-                raise ValueError(f"space {self.name!r}: need {NUM_EDGES} edges per cell")
+                raise ValueError(
+                    f"space {self.name!r}: need {NUM_EDGES} edges per cell"
+                )
             if len({len(ops) for ops in cell}) != 1:
                 raise ValueError(f"space {self.name!r}: every edge needs as many ops")
             for ops in cell:

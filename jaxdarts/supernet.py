@@ -40,7 +40,14 @@ import numpy as np
 from jax import lax
 
 from jaxdarts import ops as ops_lib
-from jaxdarts.spaces import EDGE_INPUT, EDGE_NODE, NUM_EDGES, NUM_NODES, SearchSpace, get_space
+from jaxdarts.spaces import (
+    EDGE_INPUT,
+    EDGE_NODE,
+    NUM_EDGES,
+    NUM_NODES,
+    SearchSpace,
+    get_space,
+)
 
 __all__ = ["SupernetConfig", "Supernet", "NwotStats", "EPS"]
 
@@ -105,10 +112,14 @@ def codes_to_stats(codes: list[jax.Array], batch: int) -> NwotStats:
         c = (x > 0).reshape(batch, -1).astype(jnp.float32)
         units = c.shape[1]
         if units >= 2**24:
-            raise ValueError(f"a ReLU with {units} units per sample overflows exact float32")
+            raise ValueError(
+                f"a ReLU with {units} units per sample overflows exact float32"
+            )
         gram = jnp.dot(c, c.T, precision=lax.Precision.HIGHEST)
         stats = stats + NwotStats(
-            gram.astype(jnp.int32), c.sum(1).astype(jnp.int32), jnp.asarray(units, jnp.int32)
+            gram.astype(jnp.int32),
+            c.sum(1).astype(jnp.int32),
+            jnp.asarray(units, jnp.int32),
         )
     return stats
 
@@ -140,7 +151,9 @@ class SupernetConfig:
     def __post_init__(self):
         get_space(self.space)
         if self.channels < 2 or self.channels % 2:
-            raise ValueError(f"supernet channels must be an even number >= 2, got {self.channels}")
+            raise ValueError(
+                f"supernet channels must be an even number >= 2, got {self.channels}"
+            )
         if self.layers < 1:
             raise ValueError(f"supernet layers must be >= 1, got {self.layers}")
         if self.num_classes < 2:
@@ -209,7 +222,10 @@ class Supernet:
         self._index = {}
         for reduce in (False, True):
             table = np.array(
-                [[self.op_names.index(o) for o in ops_e] for ops_e in self.space.ops(reduce)]
+                [
+                    [self.op_names.index(o) for o in ops_e]
+                    for ops_e in self.space.ops(reduce)
+                ]
             )
             self._index[reduce] = table
             self._scatter[reduce] = np.eye(len(self.op_names), dtype=np.float32)[table]
@@ -237,7 +253,9 @@ class Supernet:
 
     def _op(self, name: str, cell: _CellPlan, group: int) -> nn.Module:
         stride = 2 if cell.reduce and group == 0 else 1
-        return ops_lib.make_op(name, cell.channels, stride, affine=False, impl=self.config.impl)
+        return ops_lib.make_op(
+            name, cell.channels, stride, affine=False, impl=self.config.impl
+        )
 
     # ------------------------------------------------------------------ init
     def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -252,7 +270,9 @@ class Supernet:
         h, w, _ = image_shape
         if min(h, w) < 8:
             raise ValueError(f"images must be at least 8x8, got {h}x{w}")
-        shapes = jax.eval_shape(functools.partial(self._init_structure, image_shape=image_shape), key)
+        shapes = jax.eval_shape(
+            functools.partial(self._init_structure, image_shape=image_shape), key
+        )
         leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
         bounds, sizes = [], []
         head_fan_in = shapes["params"]["head"]["Dense_0"]["kernel"].shape[0]
@@ -261,7 +281,7 @@ class Supernet:
             sizes.append(int(np.prod(leaf.shape)))
         flat = jax.random.uniform(key, (max(sum(sizes), 1),), jnp.float32, -1.0, 1.0)
         out, offset = [], 0
-        for (path, leaf), bound, size in zip(leaves, bounds, sizes, strict=True):
+        for (_path, leaf), bound, size in zip(leaves, bounds, sizes, strict=True):
             if isinstance(bound, float):
                 value = flat[offset : offset + size].reshape(leaf.shape) * bound
                 offset += size
@@ -309,7 +329,10 @@ class Supernet:
                 return {k: pick(v, col) for k, v in t.items()}
             return [pick(v, col) for v in t]
 
-        return {"params": pick(tree, "params"), "batch_stats": pick(tree, "batch_stats")}
+        return {
+            "params": pick(tree, "params"),
+            "batch_stats": pick(tree, "batch_stats"),
+        }
 
     # ------------------------------------------------------------------ archs
     def edge_weights(self, alpha_normal: jax.Array, alpha_reduce: jax.Array):
@@ -397,8 +420,15 @@ class Supernet:
           ``(logits [B, classes], NwotStats or None, new batch_stats or None)``.
         """
         return self._forward(
-            variables, weights_normal, weights_reduce, images, train, key, collect,
-            mutable, discrete=False,
+            variables,
+            weights_normal,
+            weights_reduce,
+            images,
+            train,
+            key,
+            collect,
+            mutable,
+            discrete=False,
         )
 
     def apply_discrete(
@@ -424,12 +454,20 @@ class Supernet:
           architectures with ``lax.map`` instead.
         """
         return self._forward(
-            variables, choice_normal, choice_reduce, images, train, key, collect,
-            False, discrete=True,
+            variables,
+            choice_normal,
+            choice_reduce,
+            images,
+            train,
+            key,
+            collect,
+            False,
+            discrete=True,
         )
 
-    def _forward(self, variables, arch_n, arch_r, images, train, key, collect, mutable,
-                 discrete):
+    def _forward(
+        self, variables, arch_n, arch_r, images, train, key, collect, mutable, discrete
+    ):
         if mutable and not train:
             raise ValueError("mutable batch statistics need train=True")
         if "noise" in self.op_names and key is None:
@@ -473,12 +511,32 @@ class Supernet:
                 nodes = jnp.zeros((NUM_NODES,) + self._node_shape(x1, True), x1.dtype)
                 inputs = jnp.stack([x0, x1])
                 nodes, st_a, upd_a = self._scan_edges(
-                    cell, 0, cp["edges"]["in"], cb["edges"]["in"], inputs, nodes,
-                    _IN_EDGES, arch, edge_keys, run, discrete, batch,
+                    cell,
+                    0,
+                    cp["edges"]["in"],
+                    cb["edges"]["in"],
+                    inputs,
+                    nodes,
+                    _IN_EDGES,
+                    arch,
+                    edge_keys,
+                    run,
+                    discrete,
+                    batch,
                 )
                 nodes, st_b, upd_b = self._scan_edges(
-                    cell, 1, cp["edges"]["mid"], cb["edges"]["mid"], None, nodes,
-                    _MID_EDGES, arch, edge_keys, run, discrete, batch,
+                    cell,
+                    1,
+                    cp["edges"]["mid"],
+                    cb["edges"]["mid"],
+                    None,
+                    nodes,
+                    _MID_EDGES,
+                    arch,
+                    edge_keys,
+                    run,
+                    discrete,
+                    batch,
                 )
                 cell_bs["edges"] = {"in": upd_a, "mid": upd_b}
                 st = st_a + st_b if collect else None
@@ -491,8 +549,18 @@ class Supernet:
                 b_all = jax.tree.map(cat, cb["edges"]["in"], cb["edges"]["mid"])
                 buf = jnp.stack([x0, x1] + [jnp.zeros_like(x1)] * NUM_NODES)
                 buf, st, upd = self._scan_edges(
-                    cell, 1, p_all, b_all, None, buf,
-                    tuple(range(NUM_EDGES)), arch, edge_keys, run, discrete, batch,
+                    cell,
+                    1,
+                    p_all,
+                    b_all,
+                    None,
+                    buf,
+                    tuple(range(NUM_EDGES)),
+                    arch,
+                    edge_keys,
+                    run,
+                    discrete,
+                    batch,
                 )
                 n_in = len(_IN_EDGES)
                 cell_bs["edges"] = {
@@ -513,8 +581,21 @@ class Supernet:
         b, h, w, c = x.shape
         return (b, (h + 1) // 2, (w + 1) // 2, c) if reduce else (b, h, w, c)
 
-    def _scan_edges(self, cell, group, gp, gb, inputs, nodes, edges, arch, keys, run,
-                    discrete, batch):
+    def _scan_edges(
+        self,
+        cell,
+        group,
+        gp,
+        gb,
+        inputs,
+        nodes,
+        edges,
+        arch,
+        keys,
+        run,
+        discrete,
+        batch,
+    ):
         """Runs ``edges`` (in order) with one traced body, accumulating into ``nodes``.
 
         Args:
@@ -549,6 +630,7 @@ class Supernet:
             return nodes.at[d + offset].add(y)
 
         if discrete:
+
             def make_branch(d):
                 name = self.op_names[d]
 

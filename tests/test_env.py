@@ -26,15 +26,22 @@ def _params(cfg, digits):
     ds, tr, va = digits
     v = cfg.supernet.init(jax.random.key(0), ds.image_shape)
     return E.make_params(
-        cfg, v, ds.train_images[va], ds.train_labels[va], ds.mean, ds.std,
-        ds.train_images[tr], ds.train_labels[tr],
+        cfg,
+        v,
+        ds.train_images[va],
+        ds.train_labels[va],
+        ds.mean,
+        ds.std,
+        ds.train_images[tr],
+        ds.train_labels[tr],
     )
 
 
 @pytest.fixture(scope="module")
 def disc(digits):
-    cfg = E.EnvConfig(kind="discrete", net=NET, reward=RewardConfig("nwot"),
-                      batch_size=16, crop_pad=1)
+    cfg = E.EnvConfig(
+        kind="discrete", net=NET, reward=RewardConfig("nwot"), batch_size=16, crop_pad=1
+    )
     return cfg, _params(cfg, digits)
 
 
@@ -70,7 +77,9 @@ def test_discrete_episode_visits_every_edge_in_order(disc):
     np.testing.assert_allclose(np.asarray(obs), 1.0 / k, atol=1e-2)
     actions = np.arange(28) % k
     for t in range(28):
-        obs, state, r, term, trunc, info = step(jax.random.key(t), state, actions[t], params)
+        obs, state, r, term, trunc, info = step(
+            jax.random.key(t), state, actions[t], params
+        )
         if t < 27:
             assert float(r) == 0.0 and not bool(term)
             probs = np.asarray(obs).reshape(2, 14, k)
@@ -115,20 +124,28 @@ def test_lockstep_equals_single_envs(disc):
     acts = rng.integers(0, cfg.num_ops, (28, n))
     vstep = jax.jit(venv.step)
     for t in range(28):
-        obs, states, r, done, info = vstep(jax.random.key(100 + t), states,
-                                           jnp.asarray(acts[t]), params)
+        obs, states, r, done, info = vstep(
+            jax.random.key(100 + t), states, jnp.asarray(acts[t]), params
+        )
     assert bool(done.all())
     alphas = np.asarray(info["final_alphas"])  # [n, 2, 14, K]
     np.testing.assert_array_equal(alphas.argmax(-1).reshape(n, 28), acts.T)
     # Each env's reward equals scoring its architecture alone on its own batch.
-    from jaxdarts.rewards import score_one
     from jaxdarts.env import _batch
+    from jaxdarts.rewards import score_one
+
     net = cfg.supernet
     k_reward = jax.random.split(jax.random.key(100 + 27), 3)[1]
     keys = jax.random.split(k_reward, n)
     for i in range(n):
-        x, y = _batch(jax.random.split(keys[i])[0], params.valid_images,
-                      params.valid_labels, i, params, True)
+        x, y = _batch(
+            jax.random.split(keys[i])[0],
+            params.valid_images,
+            params.valid_labels,
+            i,
+            params,
+            True,
+        )
         cn, cr = net.choices(jnp.asarray(alphas[i, 0]), jnp.asarray(alphas[i, 1]))
         ri, _ = score_one(net, params.variables, cn, cr, x, y, cfg.reward)
         np.testing.assert_allclose(float(r[i]), float(ri), rtol=1e-6)
@@ -138,9 +155,18 @@ def test_lockstep_equals_single_envs(disc):
 
 @pytest.fixture(scope="module")
 def cont(digits):
-    cfg = E.EnvConfig(kind="continuous", net=NET, reward=RewardConfig("acc"),
-                      batch_size=16, crop_pad=1, sweeps=2, frame_stack=3,
-                      grad_obs=True, weight_step=True, weight_step_period=2)
+    cfg = E.EnvConfig(
+        kind="continuous",
+        net=NET,
+        reward=RewardConfig("acc"),
+        batch_size=16,
+        crop_pad=1,
+        sweeps=2,
+        frame_stack=3,
+        grad_obs=True,
+        weight_step=True,
+        weight_step_period=2,
+    )
     return cfg, _params(cfg, digits)
 
 
@@ -173,8 +199,11 @@ def test_continuous_env(cont):
         assert float(r.sum()) == 0.0 and not bool(done.any())
     obs, st1, r, done, _ = step(jax.random.key(99), st1, action, params)
     assert bool(done.all())
-    changed = jax.tree.map(lambda a, b: not bool(jnp.array_equal(a, b)), w0["params"],
-                           st1.variables["params"])
+    changed = jax.tree.map(
+        lambda a, b: not bool(jnp.array_equal(a, b)),
+        w0["params"],
+        st1.variables["params"],
+    )
     assert any(jax.tree.leaves(changed))
     assert np.all((np.asarray(r) >= 0) & (np.asarray(r) <= 1))  # accuracy reward
     # Weights carry over the reset; alphas are re-drawn.

@@ -8,19 +8,35 @@ import pytest
 from jaxdarts import search
 
 TINY = [
-    "--preset", "quick",
-    "--set", "supernet.layers=1",
-    "--set", "env.num_envs=4",
-    "--set", "env.batch_size=16",
-    "--set", "ppo.transitions_per_update=128",
-    "--set", "run.updates_per_chunk=2",
-    "--set", "run.checkpoint_every=1",
-    "--set", "run.total_steps=512",
+    "--preset",
+    "quick",
+    "--set",
+    "supernet.layers=1",
+    "--set",
+    "env.num_envs=4",
+    "--set",
+    "env.batch_size=16",
+    "--set",
+    "ppo.transitions_per_update=128",
+    "--set",
+    "run.updates_per_chunk=2",
+    "--set",
+    "run.checkpoint_every=1",
+    "--set",
+    "run.total_steps=512",
 ]
 RUN_FILES = [
-    "config.json", "env.json", "metrics.jsonl", "genotype.json", "genotype.txt",
-    "cells.png", "cells.svg", "cells-stochastic.png", "top_architectures.json",
-    "summary.json", "log.txt",
+    "config.json",
+    "env.json",
+    "metrics.jsonl",
+    "genotype.json",
+    "genotype.txt",
+    "cells.png",
+    "cells.svg",
+    "cells-stochastic.png",
+    "top_architectures.json",
+    "summary.json",
+    "log.txt",
 ]
 
 
@@ -40,8 +56,11 @@ def _metrics(path):
         (["--set", "env.nope=1"], "unknown config key 'env.nope'"),
         (["--set", "envnum_envs"], "KEY=VALUE"),
         (["--variant", "disc-ckpt-acc"], "needs a pre-trained supernet"),
-        (["--variant", "cont-acc-step", "--supernet-ckpt", "/nonexistent/x"], "no such folder"),
-        (["--set", "env.reward=\"bogus\""], "unknown reward"),
+        (
+            ["--variant", "cont-acc-step", "--supernet-ckpt", "/nonexistent/x"],
+            "no such folder",
+        ),
+        (["--set", 'env.reward="bogus"'], "unknown reward"),
         (["--set", "env.num_envs=0"], "num_envs"),
         (["--space", "s9"], "unknown search space"),
         (["--resume", "/nonexistent/run"], "no config.json"),
@@ -56,8 +75,16 @@ def test_bad_input_is_refused_before_any_work(argv, message, capsys):
 
 def test_cont_refuses_nwot(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        search.main(["--variant", "cont-acc-step", "--supernet-ckpt", str(tmp_path),
-                     "--set", "env.reward=\"nwot\""])
+        search.main(
+            [
+                "--variant",
+                "cont-acc-step",
+                "--supernet-ckpt",
+                str(tmp_path),
+                "--set",
+                'env.reward="nwot"',
+            ]
+        )
     assert "nwot" in capsys.readouterr().err
 
 
@@ -66,10 +93,13 @@ def test_presets_and_variants_resolve():
         cfg = search.make_config(v, "paper", **{"supernet.checkpoint": "x"})
         env_cfg, ppo, n = search.resolve(cfg)
         assert ppo.n_steps == 2048 and n == 1
-        assert cfg["run"]["total_steps"] == (1_000_000 if v.startswith("disc") else 250_000)
+        assert cfg["run"]["total_steps"] == (
+            1_000_000 if v.startswith("disc") else 250_000
+        )
         assert env_cfg.weight_step_period == 5
-    cfg = search.make_config("cont-acc-step", **{"supernet.checkpoint": "x",
-                                                  "compat": "dartsrl"})
+    cfg = search.make_config(
+        "cont-acc-step", **{"supernet.checkpoint": "x", "compat": "dartsrl"}
+    )
     env_cfg, _, _ = search.resolve(cfg)
     assert env_cfg.weight_step_period == 1 and env_cfg.net.swap_cells
 
@@ -91,8 +121,15 @@ def test_disc_run_folder(straight):
     metrics = _metrics(straight)
     assert [m["update"] for m in metrics] == [1, 2, 3, 4]
     for m in metrics:
-        for key in ("reward_mean", "reward_min", "reward_max", "policy_loss",
-                    "value_loss", "entropy", "approx_kl"):
+        for key in (
+            "reward_mean",
+            "reward_min",
+            "reward_max",
+            "policy_loss",
+            "value_loss",
+            "entropy",
+            "approx_kl",
+        ):
             assert key in m
     top = json.load(open(straight / "top_architectures.json"))
     assert 1 <= len(top) <= 10
@@ -144,8 +181,9 @@ def test_interrupt_and_resume_is_bit_exact(straight, tmp_path, monkeypatch):
     a = json.load(open(out / "genotype.json"))
     b = json.load(open(straight / "genotype.json"))
     assert a == b
-    assert (json.load(open(out / "top_architectures.json"))
-            == json.load(open(straight / "top_architectures.json")))
+    assert json.load(open(out / "top_architectures.json")) == json.load(
+        open(straight / "top_architectures.json")
+    )
 
 
 def test_cont_variant_end_to_end(tmp_path):
@@ -157,17 +195,36 @@ def test_cont_variant_end_to_end(tmp_path):
     net = Supernet(SupernetConfig(channels=4, layers=1, num_classes=10))
     variables = net.init(jax.random.key(3), ds.image_shape)
     meta = {
-        "format": pretrain._META_FORMAT, "space": "darts", "channels": 4, "layers": 1,
-        "num_classes": 10, "stem_multiplier": 3, "swap_cells": False, "eps": 1e-3,
-        "image_shape": list(ds.image_shape), "dataset": "digits", "mean": list(ds.mean),
-        "std": list(ds.std), "seed": 0, "split_seed": 0,
+        "format": pretrain._META_FORMAT,
+        "space": "darts",
+        "channels": 4,
+        "layers": 1,
+        "num_classes": 10,
+        "stem_multiplier": 3,
+        "swap_cells": False,
+        "eps": 1e-3,
+        "image_shape": list(ds.image_shape),
+        "dataset": "digits",
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "seed": 0,
+        "split_seed": 0,
     }
     pretrain.save_supernet(tmp_path / "pre" / "supernet", variables, meta)
     out = tmp_path / "cont"
     argv = TINY + [
-        "--variant", "cont-acc-grad-step", "--supernet-ckpt", str(tmp_path / "pre"),
-        "--set", "env.sweeps=1", "--set", "env.frame_stack=2",
-        "--set", "env.weight_step_period=1", "--out", str(out),
+        "--variant",
+        "cont-acc-grad-step",
+        "--supernet-ckpt",
+        str(tmp_path / "pre"),
+        "--set",
+        "env.sweeps=1",
+        "--set",
+        "env.frame_stack=2",
+        "--set",
+        "env.weight_step_period=1",
+        "--out",
+        str(out),
     ]
     assert search.main(argv) == 0
     for name in RUN_FILES:

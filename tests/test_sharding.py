@@ -71,7 +71,7 @@ _SEARCH = textwrap.dedent(
     _, va = split_indices(len(ds.train_images), 0)
     cfg = E.EnvConfig(
         kind="discrete",
-        net=SupernetConfig(channels=4, layers=2, impl="shift"),
+        net=SupernetConfig(channels=4, layers=1, impl="xla"),
         reward=RewardConfig(kind="nwot", path="dense"),
         batch_size=16, crop_pad=1,
     )
@@ -125,7 +125,7 @@ _PRETRAIN = textwrap.dedent(
     from jaxdarts.data import load_dataset
 
     ds = load_dataset("digits")
-    config = PT.make_config("quick", channels=4, layers=2, batch_size=16)
+    config = PT.make_config("quick", channels=4, layers=1, batch_size=16)
     setup = PT.make_setup(config, ds.image_shape, ds.num_classes, 400, 400,
                           ds.mean, ds.std)
     state0 = PT.create_train_state(jax.random.key(0), setup, ds.image_shape)
@@ -151,7 +151,7 @@ _EVALNET = textwrap.dedent(
     from jaxdarts.data import load_dataset
 
     ds = load_dataset("digits")
-    config = T.make_config("quick", genotype="disc-nwot", channels=4, layers=2,
+    config = T.make_config("quick", genotype="disc-nwot", channels=4, layers=1,
                            batch_size=16, identity_dropout=0.2, drop_path=0.2)
     setup = T.make_setup(config, ds.image_shape, ds.num_classes, 400, ds.mean, ds.std)
     state0 = T.create_train_state(jax.random.key(0), config, None, ds.image_shape,

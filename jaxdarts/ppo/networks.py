@@ -220,7 +220,9 @@ def act(
         action = dist.mode() if deterministic else dist.sample(seed=key)
     else:  # a traced flag: one compiled program serves both
         mode = dist.mode()
-        action = jnp.where(deterministic, mode, dist.sample(seed=key).astype(mode.dtype))
+        action = jnp.where(
+            deterministic, mode, dist.sample(seed=key).astype(mode.dtype)
+        )
     log_prob = dist.log_prob(action)
     if isinstance(dist, distrax.Categorical):
         action = action.astype(jnp.int32)

@@ -433,7 +433,9 @@ def _raw_reward_metrics(raw: jax.Array, done: jax.Array) -> dict[str, jax.Array]
     nan = jnp.float32(jnp.nan)
     some = count > 0
     return {
-        "reward_mean": jnp.where(some, jnp.where(done, raw, 0.0).sum() / jnp.maximum(count, 1), nan),
+        "reward_mean": jnp.where(
+            some, jnp.where(done, raw, 0.0).sum() / jnp.maximum(count, 1), nan
+        ),
         "reward_min": jnp.where(some, jnp.where(done, raw, jnp.inf).min(), nan),
         "reward_max": jnp.where(some, jnp.where(done, raw, -jnp.inf).max(), nan),
     }
