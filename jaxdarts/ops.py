@@ -48,9 +48,9 @@ torch_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def resolve_impl(impl: str) -> str:
-    """Maps ``auto`` to ``shift`` on CPU and ``xla`` on other backends."""
+    """Maps ``auto`` to ``loop`` on CPU and ``xla`` on other backends."""
     if impl == "auto":
-        return "shift" if jax.default_backend() == "cpu" else "xla"
+        return "loop" if jax.default_backend() == "cpu" else "xla"
     if impl not in ("shift", "xla", "loop"):
         raise ValueError(
             f"op impl must be 'auto', 'shift', 'loop' or 'xla', got {impl!r}"

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdarts import sharding
 from jaxdarts.evalnet import EvalNet
 from jaxdarts.genotypes import (
     Genotype,
@@ -655,8 +656,9 @@ def train_chunk(
         b = idx[j]
         st, m = train_step(
             st,
-            jnp.take(images, b, axis=0),
-            jnp.take(labels, b, axis=0),
+            # split over the devices under --devices N (else a no-op)
+            sharding.constrain_batch(jnp.take(images, b, axis=0)),
+            sharding.constrain_batch(jnp.take(labels, b, axis=0)),
             jax.random.fold_in(step_root, j),
             lr,
             drop_prob,
@@ -714,10 +716,10 @@ def train_epoch(
       is complete, else the first step not yet done.
     """
     sums = _zero_sums() if sums is None else sums
-    # Commit every input to the data's device: jit caches committed and uncommitted
-    # arguments separately, and a restored checkpoint is committed.
-    dev = next(iter(images.devices())) if isinstance(images, jax.Array) else None
-    dev = dev or jax.devices()[0]
+    # Commit every input to the data's device(s): jit caches committed and
+    # uncommitted arguments separately, and a restored checkpoint is committed.
+    # (--devices N: the data is replicated over a mesh, and so is everything else.)
+    dev = images.sharding if isinstance(images, jax.Array) else jax.devices()[0]
     images, labels, key, state, sums = jax.device_put(
         (images, labels, key, state, sums), dev
     )
@@ -751,6 +753,7 @@ def _evaluate(state, images, labels, mask, setup):
     shaped = [a.reshape(-1, b, *a.shape[1:]) for a in (images, labels, mask)]
 
     def body(sums, batch):
+        batch = sharding.constrain_batch(batch)  # --devices N
         m = eval_step(state, *batch, setup)
         return jax.tree.map(jnp.add, sums, m), None
 
@@ -852,6 +855,7 @@ def run(
     *,
     stop_after: int | None = None,
     interrupt: Any = None,
+    devices: int | None = None,
 ) -> dict[str, Any]:
     """Trains a genotype's evaluation network; writes the run folder.
 
@@ -865,6 +869,9 @@ def run(
         interrupted; a later ``resume`` continues bit-exactly.
       interrupt: an object with a ``requested`` attribute polled after every chunk
         of steps (default: a :class:`~jaxdarts.runs.GracefulInterrupt` on Ctrl-C).
+      devices: data parallelism over the first ``devices`` devices (each batch
+        split, weights replicated; :mod:`jaxdarts.sharding`); not part of the
+        config: the results agree with one device to float rounding.
 
     Returns:
       ``result.json``'s contents when the run finished; when it stopped early, a
@@ -897,6 +904,14 @@ def run(
         out = Path(out if out is not None else _default_out(config))
         if _is_nonempty_dir(out) and not overwrite:
             raise RunExistsError(out)
+    mesh = None
+    if devices is not None:  # --devices N
+        if devices < 1 or config["batch_size"] % devices:
+            raise ValueError(
+                f"--devices {devices} must be >= 1 and divide the batch size "
+                f"{config['batch_size']}"
+            )
+        mesh = sharding.make_mesh(devices)
     genotype = config_genotype(config)
 
     t_load = time.perf_counter()
@@ -961,6 +976,8 @@ def run(
         log.info("no checkpoint in %s yet: starting from the beginning", rundir.path)
 
     dev = jax.devices()[0]
+    if mesh is not None:  # --devices N: data replicated, each batch split
+        dev = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_x = jax.device_put(ds.train_images, dev)
     train_y = jax.device_put(ds.train_labels.astype(np.int32), dev)
     test = pad_eval_set(ds.test_images, ds.test_labels, setup.eval_batch_size)
@@ -991,20 +1008,21 @@ def run(
         while epoch < stop_at:
             t0 = time.perf_counter()
             first = step
-            state, sums, step = train_epoch(
-                state,
-                train_x,
-                train_y,
-                run_key,
-                epoch,
-                setup,
-                lr=learning_rate(config, epoch),
-                drop_prob=drop_path_prob(config, epoch),
-                start_step=step,
-                sums=sums,
-                on_chunk=bar.update,
-                should_stop=lambda: bool(flag.requested),
-            )
+            with sharding.use_mesh(mesh):  # --devices N
+                state, sums, step = train_epoch(
+                    state,
+                    train_x,
+                    train_y,
+                    run_key,
+                    epoch,
+                    setup,
+                    lr=learning_rate(config, epoch),
+                    drop_prob=drop_path_prob(config, epoch),
+                    start_step=step,
+                    sums=sums,
+                    on_chunk=bar.update,
+                    should_stop=lambda: bool(flag.requested),
+                )
             if step < spe:  # interrupted inside the epoch
                 jax.block_until_ready(state)
                 save(epoch, step, sums)
@@ -1013,7 +1031,8 @@ def run(
             s = jax.device_get(sums)
             jax.block_until_ready(state)
             t_train = time.perf_counter() - t0
-            test_m = evaluate(state, test_x, test_y, test_mask, setup)
+            with sharding.use_mesh(mesh):
+                test_m = evaluate(state, test_x, test_y, test_mask, setup)
             n = max(int(s["count"]), 1)
             record = {
                 "epoch": epoch + 1,
@@ -1165,6 +1184,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop with a checkpoint after epoch N (continue later with --resume)",
     )
     p.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="data parallel over the first N devices (jax.sharding): each batch "
+        "split N ways, weights replicated; N must divide the batch size",
+    )
+    p.add_argument(
         "--no-compile-cache",
         action="store_true",
         help="do not use JAX's persistent compilation cache",
@@ -1258,6 +1284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=bool(args.resume),
             overwrite=args.overwrite,
             stop_after=args.stop_after,
+            devices=args.devices,
         )
     except (RunExistsError, ConfigMismatchError, DataNotFoundError) as e:
         msg = str(e)
