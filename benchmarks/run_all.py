@@ -1103,7 +1103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rec.rows}, f, indent=1)
-        print(f"\nresults: {args.json}")
+        if not args.no_table:
+            print(f"\nresults: {args.json}")
     if args.plot:
         plot(rec.rows, args.plot)
         print(f"plot: {args.plot}")

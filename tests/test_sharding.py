@@ -173,15 +173,19 @@ _EVALNET = textwrap.dedent(
 )
 
 
-def _run(script: str, out: Path, timeout: float = 600) -> dict:
+def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _run(script: str, out: Path, timeout: float = 600) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _PRELUDE + script, str(out)],
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -211,7 +215,6 @@ def _assert_trees_close(a: Path, b: Path, exact: bool = False) -> None:
 def test_search_chunk_and_checkpoints(tmp_path: Path) -> None:
     """A PPO chunk on LockstepEnv (dense NWOT) with the env batch split 4 ways."""
     info = _run(_SEARCH, tmp_path)
-    print(info)
     # the env batch is really split, the agent replicated
     assert info["obs_spec4"] == ["data"]
     assert info["alpha_spec4"][0] == "data"
@@ -245,6 +248,43 @@ def test_evalnet_step_data_parallel(tmp_path: Path) -> None:
     info = _run(_EVALNET, tmp_path)
     assert info["param_specs4"] == ["()"]
     _assert_trees_close(tmp_path / "evalnet4.npz", tmp_path / "evalnet1.npz")
+
+
+def test_search_cli_devices(tmp_path: Path) -> None:
+    """``python -m jaxdarts.search --devices 4`` (seed axis + env axis) runs through."""
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxdarts.search",
+        "--preset",
+        "quick",
+        "--num-envs",
+        "4",
+        "--total-steps",
+        "112",
+        "--devices",
+        "4",
+        "--set",
+        "env.reward_path=dense",
+        "--set",
+        "supernet.layers=1",
+        "--out",
+        str(out),
+    ]
+    env = dict(_env(), JAXDARTS_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "split over 4 device(s)" in (out / "log.txt").read_text()
+    assert (out / "genotype.json").is_file()
+    bad = subprocess.run(
+        cmd[:-2] + ["--devices", "3", "--out", str(tmp_path / "bad")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "must divide" in bad.stderr
 
 
 def test_make_mesh_errors_and_placement() -> None:
