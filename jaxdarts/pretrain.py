@@ -1645,6 +1645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder, changed config, missing data), 2 bad arguments, 130 interrupted by
     Ctrl-C (a checkpoint was saved).
     """
+    from jaxdarts.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # multi-host runs: see README "Scaling out"
     from jaxdarts.data import DataNotFoundError
     from jaxdarts.runs import (
         ConfigMismatchError,

@@ -571,6 +571,9 @@ def config_from_args(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from jaxdarts.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # multi-host runs: see README "Scaling out"
     try:
         cfg = config_from_args(args)
         if args.resume and (args.out or args.overwrite):

@@ -291,3 +291,9 @@ def initialize_distributed(
         process_id=process_id,
         local_device_ids=local_device_ids,
     )
+
+
+def maybe_initialize_distributed() -> None:
+    """:func:`initialize_distributed` when ``JAXDARTS_COORDINATOR`` is set (CLIs)."""
+    if os.environ.get("JAXDARTS_COORDINATOR"):
+        initialize_distributed()
