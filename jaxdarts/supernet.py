@@ -100,26 +100,58 @@ class NwotStats(NamedTuple):
         return NwotStats(self.gram * m, self.active * m, self.units * m)
 
 
-def codes_to_stats(codes: list[jax.Array], batch: int) -> NwotStats:
+def _gram_matmul(c: jax.Array) -> jax.Array:
+    # 0/1 float32 products at HIGHEST precision: exact below 2**24 units (checked).
+    return jnp.dot(c, c.T, precision=lax.Precision.HIGHEST).astype(jnp.int32)
+
+
+def _gram_popcount(c: jax.Array) -> jax.Array:
+    # Codes packed 32 to a uint32 word; G[i, j] = sum popcount(w_i & w_j). Exact.
+    b, n = c.shape
+    bits = jnp.pad(c.astype(jnp.uint32), ((0, 0), (0, -n % 32))).reshape(b, -1, 32)
+    words = (bits << jnp.arange(32, dtype=jnp.uint32)).sum(-1, dtype=jnp.uint32)
+    if b * b * words.shape[1] * 4 <= 64 * 2**20:
+        both = words[:, None, :] & words[None, :, :]
+        return lax.population_count(both).astype(jnp.int32).sum(-1)
+    return lax.map(
+        lambda w: lax.population_count(words & w[None]).astype(jnp.int32).sum(-1), words
+    )
+
+
+def resolve_kernel_impl(impl: str) -> str:
+    """``auto``: bit-packed popcount on CPU (2x faster there), matmul elsewhere."""
+    if impl == "auto":
+        return "popcount" if jax.default_backend() == "cpu" else "matmul"
+    if impl not in ("matmul", "popcount"):
+        raise ValueError(
+            f"kernel impl must be 'auto', 'matmul' or 'popcount', got {impl!r}"
+        )
+    return impl
+
+
+def codes_to_stats(codes: list[jax.Array], batch: int, impl: str = "auto") -> NwotStats:
     """Reduces a list of ReLU inputs (each ``[B, ...]``) to :class:`NwotStats`.
 
-    The 0/1 Gram matrix of each layer is a float32 matmul at HIGHEST precision: exact
-    while a layer has fewer than 2**24 units per sample (checked), then accumulated in
-    int32.
+    Each layer's 0/1 Gram matrix is computed exactly, as a float32 matmul at HIGHEST
+    precision (``impl="matmul"``; exact while a layer has fewer than 2**24 units per
+    sample, checked) or from bit-packed codes with popcounts (``"popcount"``), then
+    accumulated in int32.
     """
+    impl = resolve_kernel_impl(impl)
     stats = NwotStats.zeros(batch)
     for x in codes:
-        c = (x > 0).reshape(batch, -1).astype(jnp.float32)
-        units = c.shape[1]
-        if units >= 2**24:
-            raise ValueError(
-                f"a ReLU with {units} units per sample overflows exact float32"
-            )
-        gram = jnp.dot(c, c.T, precision=lax.Precision.HIGHEST)
+        positive = (x > 0).reshape(batch, -1)
+        units = positive.shape[1]
+        if impl == "matmul":
+            if units >= 2**24:
+                raise ValueError(
+                    f"a ReLU with {units} units per sample overflows exact float32"
+                )
+            gram = _gram_matmul(positive.astype(jnp.float32))
+        else:
+            gram = _gram_popcount(positive)
         stats = stats + NwotStats(
-            gram.astype(jnp.int32),
-            c.sum(1).astype(jnp.int32),
-            jnp.asarray(units, jnp.int32),
+            gram, positive.sum(1, dtype=jnp.int32), jnp.asarray(units, jnp.int32)
         )
     return stats
 
