@@ -542,36 +542,25 @@ class Supernet:
                 # Stride-2 edges from the inputs, then stride-1 edges between nodes.
                 nodes = jnp.zeros((NUM_NODES,) + self._node_shape(x1, True), x1.dtype)
                 inputs = jnp.stack([x0, x1])
-                nodes, st_a, upd_a = self._scan_edges(
-                    cell,
-                    0,
-                    cp["edges"]["in"],
-                    cb["edges"]["in"],
-                    inputs,
-                    nodes,
-                    _IN_EDGES,
-                    arch,
-                    edge_keys,
-                    run,
-                    discrete,
-                    batch,
-                )
-                nodes, st_b, upd_b = self._scan_edges(
-                    cell,
-                    1,
-                    cp["edges"]["mid"],
-                    cb["edges"]["mid"],
-                    None,
-                    nodes,
-                    _MID_EDGES,
-                    arch,
-                    edge_keys,
-                    run,
-                    discrete,
-                    batch,
-                )
-                cell_bs["edges"] = {"in": upd_a, "mid": upd_b}
-                st = st_a + st_b if collect else None
+                st = NwotStats.zeros(batch) if collect else None
+                for group, (gname, edges) in enumerate(_GROUPS):
+                    nodes, st_g, upd = self._scan_edges(
+                        cell,
+                        group,
+                        cp["edges"][gname],
+                        cb["edges"][gname],
+                        inputs if group == 0 else None,
+                        nodes,
+                        edges,
+                        arch,
+                        edge_keys,
+                        run,
+                        discrete,
+                        batch,
+                    )
+                    cell_bs["edges"][gname] = upd
+                    if collect:
+                        st = st + st_g
             else:
                 # Every edge has the same shape: one scan over all 14 edges.
                 def cat(a, b):
@@ -594,12 +583,10 @@ class Supernet:
                     discrete,
                     batch,
                 )
-                n_in = len(_IN_EDGES)
                 cell_bs["edges"] = {
                     "in": jax.tree.map(lambda a: a[np.array(_IN_EDGES)], upd),
                     "mid": jax.tree.map(lambda a: a[np.array(_MID_EDGES)], upd),
                 }
-                del n_in
                 nodes = buf[2:]
             if collect:
                 stats = stats + st
