@@ -1,0 +1,17 @@
+"""Sizes shared by the commands' presets.
+
+``quick`` is one small size for every command, so that a supernet pre-trained with
+``pretrain --preset quick`` is the one ``search --preset quick`` expects, and the
+README's pattern pretrain quick -> search quick -> train quick works as written.
+Three cells keep one normal cell between the two reductions (cells ``L // 3`` and
+``2 L // 3`` reduce), so both the normal and the reduction alphas matter.
+"""
+
+#: The embedded default dataset (scikit-learn's 8x8 digits, shipped with the package).
+QUICK_DATA = {"dataset": "digits", "data_dir": None}
+
+#: The supernet of every ``quick`` preset (search, pretrain, score).
+QUICK_SUPERNET = {"channels": 4, "layers": 3}
+
+#: Search spaces a supernet can be built for.
+SPACES = ("darts", "s1", "s2", "s3", "s4", "nas-bench-201")
