@@ -80,6 +80,10 @@ METRICS = {  # key: (label, unit, higher is better)
 }
 
 
+def _progress(side: str, what: str) -> None:
+    print(f"    {side}: {what}", file=sys.stderr, flush=True)
+
+
 def _label(size: dict[str, int]) -> str:
     return f"C{size['channels']}-L{size['layers']}-B{size['batch']}-32x32x3"
 
@@ -144,6 +148,7 @@ def reference_side(path: str, sizes: dict[str, Any], threads: int) -> dict[str, 
         scorer(x, y)
         times.append(time.perf_counter() - t)
     out["nwot_reward_s"] = statistics.median(times[1:])
+    _progress("dartsrl", f"NWOT reward {out['nwot_reward_s']:.3g} s")
 
     env = DiscreteDartsRL(model, loader, Scorer.NWOT, "cpu")
     env.action_space.seed(0)
@@ -155,6 +160,7 @@ def reference_side(path: str, sizes: dict[str, Any], threads: int) -> dict[str, 
         if done:
             env.reset()
     out["disc_env_steps_per_s"] = steps / (time.perf_counter() - t)
+    _progress("dartsrl", f"disc env {out['disc_env_steps_per_s']:.3g} steps/s")
 
     cont = sizes["cont"]
     cmodel = _reference_net(cont)
@@ -177,6 +183,7 @@ def reference_side(path: str, sizes: dict[str, Any], threads: int) -> dict[str, 
         if done:
             cenv.reset()
     out["cont_env_steps_per_s"] = sizes["cont_steps"] / (time.perf_counter() - t)
+    _progress("dartsrl", f"cont env {out['cont_env_steps_per_s']:.3g} steps/s")
 
     n = sizes["n_steps"]
     agent = PPO("MlpPolicy", env, n_steps=n, seed=0, device="cpu", verbose=0)
@@ -290,17 +297,20 @@ def jaxdarts_side(sizes: dict[str, Any]) -> dict[str, float]:
     times = [C.time_calls(compiled, variables, *a, x, y, min_time=0.0) for a in archs]
     out["nwot_reward_s"] = st.median(times)
     out["nwot_reward_compile_s"] = tc
+    _progress("jaxdarts", f"NWOT reward {out['nwot_reward_s']:.3g} s")
 
     _, params, venv = _jax_disc_env(disc)
     steps = sizes["disc_episodes"] * 2 * EDGES
     out["disc_env_steps_per_s"], out["disc_env_compile_s"] = _random_policy_steps_per_s(
         venv, params, steps
     )
+    _progress("jaxdarts", f"disc env {out['disc_env_steps_per_s']:.3g} steps/s")
     _, cparams, cvenv = _jax_cont_env(sizes["cont"])
     out["cont_env_steps_per_s"], out["cont_env_compile_s"] = _random_policy_steps_per_s(
         cvenv, cparams, sizes["cont_steps"]
     )
 
+    _progress("jaxdarts", f"cont env {out['cont_env_steps_per_s']:.3g} steps/s")
     n = sizes["n_steps"]
     init_fn, chunk_fn = make_train(PPOConfig(n_steps=n), venv)
     state = jax.jit(init_fn)(jax.random.key(0), params)
