@@ -152,24 +152,6 @@ def describe(meta: dict[str, Any]) -> str:
     )
 
 
-def cpu_threads_env(threads: int) -> dict[str, str]:
-    """Environment variables that cap XLA:CPU and OpenMP/BLAS at ``threads``.
-
-    Must be set before ``jax`` is imported (i.e. for a subprocess).
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    flags += (
-        f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-        f" intra_op_parallelism_threads={threads}"
-    )
-    return {
-        "XLA_FLAGS": flags.strip(),
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "OPENBLAS_NUM_THREADS": str(threads),
-    }
-
-
 # ------------------------------------------------------------------------ timing
 def block(x: Any) -> Any:
     """``jax.block_until_ready``."""

@@ -100,10 +100,7 @@ def run(rec: C.Recorder, quick: bool) -> None:
     speeds = {}
     for num_envs in (1, 4) if quick else (1, 64):
         speeds[num_envs] = end_to_end(rec, preset, num_envs, tag="gpu")
-    compile_s = max(
-        r["value"] for r in rec.rows if r["section"] == "gpu" and "compile" in r["item"]
-    )
-    for num_envs, sps in speeds.items():
+    for num_envs, (sps, compile_s) in speeds.items():
         rec.add(
             "gpu",
             f"1M disc-nwot steps, {num_envs} envs (projected)",
@@ -111,4 +108,5 @@ def run(rec: C.Recorder, quick: bool) -> None:
             "min",
             preset=preset,
             timesteps_per_s=sps,
+            compile_s=compile_s,
         )
