@@ -15,7 +15,7 @@ Times, at the same sizes and with the same number of CPU threads, in one run:
 
 Sizes: the paper setting for disc-nwot (C=16, 8 cells, batch 64, 32x32x3, 2048
 transitions per update) and C=8, 5 cells, batch 32 for cont-acc-step; ``--quick``
-shrinks everything (C=4, 3 cells, batch 16, 128 transitions) to check the script.
+shrinks everything (C=4, 3 cells, batch 16, 64 transitions) to check the script.
 Inputs are random CIFAR-shaped tensors: throughput does not depend on pixel values,
 and no dataset (nor torchvision) is needed.
 
@@ -62,11 +62,11 @@ PAPER = {
 }
 QUICK = {
     "disc": {"channels": 4, "layers": 3, "batch": 16},
-    "cont": {"channels": 4, "layers": 3, "batch": 16, "sweeps": 2, "frames": 10},
-    "n_steps": 128,
-    "reward_reps": 3,
+    "cont": {"channels": 4, "layers": 3, "batch": 16, "sweeps": 1, "frames": 10},
+    "n_steps": 64,
+    "reward_reps": 2,
     "disc_episodes": 1,
-    "cont_steps": 56,
+    "cont_steps": 28,
 }
 METRICS = {  # key: (label, unit, higher is better)
     "nwot_reward_s": ("one NWOT reward (disc, A=1)", "s", False),
