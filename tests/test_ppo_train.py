@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from jaxdarts.ppo import train as ppo_train
+from jaxdarts.ppo.losses import PPOBatch
+from jaxdarts.ppo.networks import init_agent
 from jaxdarts.ppo.train import (
     PPOConfig,
     config_for_num_envs,
@@ -319,3 +321,115 @@ def test_rejects_unknown_action_kind():
     bad = SimpleNamespace(action_kind="multi", num_envs=1, obs_shape=(1,), action_dim=1)
     with pytest.raises(ValueError, match="action_kind"):
         make_train(PPOConfig(), bad)
+
+
+# ------------------------------------------------ update vs an independent reference
+def _ref_forward(p, x):
+    """Hand-written SB3 actor-critic forward: (head, value)."""
+    q = p["params"]
+    pi, vf = x, x
+    for i in range(len(q["policy_net"])):
+        layer_p, layer_v = q["policy_net"][f"dense_{i}"], q["value_net"][f"dense_{i}"]
+        pi = jnp.tanh(pi @ layer_p["kernel"] + layer_p["bias"])
+        vf = jnp.tanh(vf @ layer_v["kernel"] + layer_v["bias"])
+    head = pi @ q["action_net"]["kernel"] + q["action_net"]["bias"]
+    value = (vf @ q["value_head"]["kernel"] + q["value_head"]["bias"])[:, 0]
+    return head, value
+
+
+def _ref_loss(p, mb, cfg):
+    head, value = _ref_forward(p, mb["obs"])
+    if "log_std" in p["params"]:
+        log_std = p["params"]["log_std"]
+        z = (mb["actions"] - head) / jnp.exp(log_std)
+        d = head.shape[-1]
+        log_prob = -0.5 * (z**2).sum(-1) - log_std.sum() - 0.5 * d * np.log(2 * np.pi)
+        entropy = jnp.full(
+            value.shape, log_std.sum() + 0.5 * d * (1 + np.log(2 * np.pi))
+        )
+    else:
+        logp = jax.nn.log_softmax(head)
+        log_prob = jnp.take_along_axis(logp, mb["actions"][:, None], 1)[:, 0]
+        entropy = -(jnp.exp(logp) * logp).sum(-1)
+    adv = mb["advantages"]
+    if adv.shape[0] > 1:
+        adv = (adv - adv.mean()) / (jnp.std(adv, ddof=1) + 1e-8)
+    ratio = jnp.exp(log_prob - mb["log_probs"])
+    surrogate = jnp.minimum(
+        adv * ratio, adv * jnp.clip(ratio, 1 - cfg.clip_range, 1 + cfg.clip_range)
+    )
+    return (
+        -surrogate.mean()
+        - cfg.ent_coef * entropy.mean()
+        + cfg.vf_coef * ((mb["returns"] - value) ** 2).mean()
+    )
+
+
+def _reference_update(cfg, params, batch, key):
+    """SB3's PPO.train as a plain Python loop, Adam and norm clip in float64 NumPy."""
+    n = batch.advantages.shape[0]
+    grad_fn = jax.jit(jax.grad(_ref_loss), static_argnums=2)
+    leaves, treedef = jax.tree.flatten(params)
+    p = [np.asarray(x, np.float64) for x in leaves]
+    mu = [np.zeros_like(x) for x in p]
+    nu = [np.zeros_like(x) for x in p]
+    t = 0
+    for epoch_key in jax.random.split(key, cfg.n_epochs):
+        perm = np.asarray(jax.random.permutation(epoch_key, n))
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            mb = {k: np.asarray(v)[idx] for k, v in batch._asdict().items()}
+            cur = jax.tree.unflatten(treedef, [jnp.asarray(x, jnp.float32) for x in p])
+            g = [
+                np.asarray(x, np.float64)
+                for x in jax.tree.leaves(grad_fn(cur, mb, cfg))
+            ]
+            norm = np.sqrt(sum((x**2).sum() for x in g))
+            g = [x * min(1.0, cfg.max_grad_norm / norm) for x in g]
+            t += 1
+            for i, gi in enumerate(g):
+                mu[i] = 0.9 * mu[i] + 0.1 * gi
+                nu[i] = 0.999 * nu[i] + 0.001 * gi**2
+                m_hat, v_hat = mu[i] / (1 - 0.9**t), nu[i] / (1 - 0.999**t)
+                p[i] = p[i] - cfg.learning_rate * m_hat / (
+                    np.sqrt(v_hat) + cfg.adam_eps
+                )
+    return jax.tree.unflatten(treedef, p)
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_train_epochs_matches_independent_reference(kind):
+    # 200 transitions in minibatches of 64: 3 full and a last one of 8, 2 epochs.
+    cfg = PPOConfig(n_epochs=2, batch_size=64, ent_coef=0.01, learning_rate=1e-3)
+    n, d, a = 200, 12, 5
+    params = init_agent(jax.random.key(0), (d,), kind, a)
+    k = jax.random.split(jax.random.key(1), 6)
+    if kind == "discrete":
+        actions = jax.random.randint(k[1], (n,), 0, a)
+    else:
+        actions = 0.5 * jax.random.normal(k[1], (n, a))
+    head, value = _ref_forward(params, jax.random.normal(k[0], (n, d)))
+    batch = PPOBatch(
+        obs=jax.random.normal(k[0], (n, d)),
+        actions=actions,
+        log_probs=-1.5 + 0.2 * jax.random.normal(k[2], (n,)),
+        values=value,
+        advantages=jax.random.normal(k[4], (n,)),
+        returns=value + jax.random.normal(k[5], (n,)),
+    )
+    tx = ppo_train.make_optimizer(cfg)
+    new, _, metrics = jax.jit(functools.partial(ppo_train.train_epochs, cfg, tx))(
+        params, tx.init(params), batch, jax.random.key(3)
+    )
+    assert metrics["loss"].shape == (2, 4)
+    ref = _reference_update(cfg, params, batch, jax.random.key(3))
+    moved = max(
+        float(np.abs(np.asarray(x) - np.asarray(y)).max())
+        for x, y in zip(jax.tree.leaves(ref), jax.tree.leaves(params), strict=True)
+    )
+    assert moved > 1e-3  # the update really changed the parameters
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), y, atol=1e-5, rtol=0),
+        new,
+        ref,
+    )

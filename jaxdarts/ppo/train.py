@@ -369,19 +369,22 @@ def train_epochs(
     bs = config.batch_size
     n_full, rem = divmod(n, bs)
 
-    def take(idx):
-        return jax.tree.map(lambda x: jnp.take(x, idx, axis=0), batch)
-
-    def minibatch(carry, idx):
-        p, o, m = sgd_step(config, tx, *carry, take(idx))
+    def minibatch(carry, mb):
+        p, o, m = sgd_step(config, tx, *carry, mb)
         return (p, o), m
 
     def epoch(carry, epoch_key):
+        # One gather of the whole rollout per epoch, then contiguous slices: the
+        # same minibatches as gathering each slice of the permutation separately.
         perm = jax.random.permutation(epoch_key, n)
-        full = perm[: n_full * bs].reshape(n_full, bs)
+        shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0), batch)
+        full = jax.tree.map(
+            lambda x: x[: n_full * bs].reshape(n_full, bs, *x.shape[1:]), shuffled
+        )
         carry, metrics = jax.lax.scan(minibatch, carry, full)
         if rem:
-            p, o, m = sgd_step(config, tx, *carry, take(perm[n_full * bs :]))
+            last = jax.tree.map(lambda x: x[n_full * bs :], shuffled)
+            p, o, m = sgd_step(config, tx, *carry, last)
             carry = (p, o)
             metrics = jax.tree.map(
                 lambda a, b: jnp.concatenate([a, b[None]]), metrics, m
