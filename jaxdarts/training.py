@@ -720,7 +720,9 @@ def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
         return None
     target = _tree(state, 0, 0, zero_sums(job.task), -1.0, 0)
     r = ckpt.restore(None, target)
-    r = {k: (v if k in ("state", "sums") else v.item()) for k, v in r.items()}
+    r = {
+        k: (v if k in ("state", "sums") else np.asarray(v).item()) for k, v in r.items()
+    }
     rundir.truncate_metrics(r["epoch"], key="epoch")
     log.info(
         "resumed from epoch %d, step %d of %d",
