@@ -26,21 +26,19 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxdarts import cli
 from jaxdarts import training as T
-from jaxdarts.evalnet import EvalNet, torch_default_init
+from jaxdarts.evalnet import torch_default_init  # noqa: F401  (its old home)
 from jaxdarts.genotypes import (
     from_json_dict,
     load_genotype,
@@ -48,81 +46,11 @@ from jaxdarts.genotypes import (
     to_darts_string,
     to_json_dict,
 )
+from jaxdarts.tasks import evalnet_task
 
-__all__ = ["EvalNetTask", "make_task", "plot_curves", "run", "main"]
+__all__ = ["plot_curves", "run", "main", "build_parser"]
 
 log = logging.getLogger("jaxdarts.train")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalNetTask:
-    """The evaluation network: init (``host``: PyTorch's init drawn with NumPy, no
-    compilation; ``flax``: the modules' initialisers), loss (+ auxiliary head),
-    per-epoch drop-path probability."""
-
-    model: EvalNet
-    init_kind: str = "host"
-    auxiliary_weight: float = 0.4
-    extra_sums: tuple[str, ...] = ()
-    paired_valid: bool = False
-
-    def init(self, key, image_shape):
-        x = jnp.zeros((2, *image_shape), jnp.float32)
-        rngs = {"params": key, "noise": jax.random.fold_in(key, 1)}
-        if self.init_kind == "flax":
-            v = jax.jit(self.model.init)(rngs, x)
-            return v["params"], v.get("batch_stats", {}), {}
-        abstract = jax.eval_shape(self.model.init, rngs, x)
-        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-        params = jax.tree.map(jnp.asarray, torch_default_init(abstract["params"], seed))
-        batch_stats = jax.tree_util.tree_map_with_path(
-            lambda p, a: (jnp.ones if p[-1].key == "var" else jnp.zeros)(
-                a.shape, a.dtype
-            ),
-            abstract.get("batch_stats", {}),
-        )
-        return params, batch_stats, {}
-
-    def loss(self, params, state, x, y, key, hyper):
-        k_drop, k_path, k_noise = jax.random.split(key, 3)
-        out, new_vars = self.model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            x,
-            train=True,
-            drop_path_prob=hyper["drop_path"] if self.model.drop_path > 0 else None,
-            mutable=["batch_stats"],
-            rngs={"dropout": k_drop, "drop_path": k_path, "noise": k_noise},
-        )
-        logits, aux = out if self.model.auxiliary else (out, None)
-        ce = T.cross_entropy(logits, y)
-        loss = ce.mean()
-        if aux is not None:
-            loss = loss + self.auxiliary_weight * T.cross_entropy(aux, y).mean()
-        return loss, (ce.sum(), logits, new_vars["batch_stats"])
-
-    def logits(self, state, x, key):
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return self.model.apply(variables, x, train=False, rngs={"noise": key})
-
-    def hyper(self, epoch, epochs):
-        return {"drop_path": self.model.drop_path * epoch / epochs}
-
-
-def make_task(config: dict[str, Any], num_classes: int) -> EvalNetTask:
-    """The :class:`EvalNetTask` of a resolved config."""
-    n = config["net"]
-    model = EvalNet(
-        from_json_dict(config["genotype"]),
-        channels=n["channels"],
-        layers=n["layers"],
-        num_classes=num_classes,
-        auxiliary=n["auxiliary"],
-        drop_path=n["drop_path"],
-        identity_dropout=n["identity_dropout"],
-        impl=n["impl"],
-        dtype=jnp.bfloat16 if n["bf16"] else jnp.float32,
-    )
-    return EvalNetTask(model, n["init"], float(n["auxiliary_weight"]))
 
 
 def plot_curves(metrics: list[dict[str, Any]], path) -> None:
@@ -161,10 +89,18 @@ def _default_out(config: dict[str, Any]) -> str:
 
 
 def _make_job(config, ds, rundir, mesh) -> T.Job:
-    task = make_task(config, ds.num_classes)
+    genotype = from_json_dict(config["genotype"])
+    save_genotype_json(rundir.path / "genotype.json", genotype)
+    task = evalnet_task(config, ds.num_classes)
     setup = T.make_setup(config, ds.image_shape, len(ds.train_labels), ds.mean, ds.std)
     data = {"train_x": ds.train_images, "train_y": ds.train_labels.astype(np.int32)}
     test = T.pad_eval_set(ds.test_images, ds.test_labels, setup.eval_batch_size)
+    log.info(
+        "network: %d cells, C=%d; %s",
+        config["net"]["layers"],
+        config["net"]["channels"],
+        to_darts_string(genotype),
+    )
     return T.Job(
         command="train",
         task=task,
@@ -175,45 +111,37 @@ def _make_job(config, ds, rundir, mesh) -> T.Job:
         eval_data=T.commit(test, mesh),
         eval_name="test",
         rundir=rundir,
-        run_key=T.commit(jax.random.split(jax.random.key(config["seed"]))[1], mesh),
         checkpoint_every=config["run"]["checkpoint_every"],
         max_to_keep=config["run"]["max_to_keep"],
         mesh=mesh,
     )
 
 
-def run(config, out=None, resume=False, overwrite=False, *, stop_after=None,
-        interrupt=None, devices=None) -> dict[str, Any]:  # fmt: skip
+def run(
+    config: dict[str, Any],
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """Trains a genotype's evaluation network; writes the run folder.
 
     Arguments and return value as :func:`jaxdarts.pretrain.run` (``out`` defaults
     to ``runs/train/<genotype>-<time>``).
     """
-    from jaxdarts.configs.train import RESUME_MAY_CHANGE
-    from jaxdarts.data import load_dataset
-
     out = out or _default_out(config)
-    config, rundir = T.start_run(config, out, resume=resume, overwrite=overwrite,
-                                 may_change=RESUME_MAY_CHANGE)  # fmt: skip
-    mesh = T.data_mesh(devices, config["train"]["batch_size"])
-    ds = load_dataset(config["data"]["dataset"], config["data"]["data_dir"])
-    rundir = T.open_run(config, rundir, overwrite=overwrite)
-    genotype = from_json_dict(config["genotype"])
-    save_genotype_json(rundir.path / "genotype.json", genotype)
-    job = _make_job(config, ds, rundir, mesh)
-    init_key = jax.random.split(jax.random.key(config["seed"]))[0]
-    state = T.create_state(job.task, init_key, ds.image_shape, job.setup)
-    n_aux = T.count_params(state.params.get("aux_head", {}))
-    n_params = T.count_params(state.params) - n_aux
-    log.info("network: %d cells, C=%d, %.3fM parameters; %s", config["net"]["layers"],
-             config["net"]["channels"], n_params / 1e6, to_darts_string(genotype))  # fmt: skip
-    outcome = T.fit(
-        job, state, resume=resume, stop_after=stop_after, interrupt=interrupt
-    )
-    if not outcome.finished:
-        return T.stopped_result(job, outcome)
+    return T.run_task(
+        "train", config, out, _make_job, _finish,
+        resume=resume, overwrite=overwrite, **kwargs,
+    )  # fmt: skip
+
+
+def _finish(job: T.Job, outcome: T.Outcome) -> dict[str, Any]:
     result, records = T.run_result(job, outcome)
     best = max(records, key=lambda m: m["test_acc"])
+    params = outcome.state.params
+    n_aux = T.count_params(params.get("aux_head", {}))
+    n_params = T.count_params(params) - n_aux
     result.update(
         test_accuracy=result["final_test_acc"],
         test_loss=result["final_test_loss"],
@@ -225,18 +153,19 @@ def run(config, out=None, resume=False, overwrite=False, *, stop_after=None,
         params=n_params,
         params_millions=round(n_params / 1e6, 3),
         params_auxiliary_head=n_aux,
-        dataset=config["data"]["dataset"],
-        genotype=to_darts_string(genotype),
+        dataset=job.rundir.config["data"]["dataset"],
+        genotype=to_darts_string(job.task.model.genotype),
     )
-    rundir.write_json("result.json", result)
-    plot_curves(records, rundir.path / "curves.png")
+    job.rundir.write_json("result.json", result)
+    plot_curves(records, job.rundir.path / "curves.png")
+    acc, times = result["test_accuracy"], (outcome.compile_s, result["train_time_s"])
     rows = [
-        ("test accuracy", f"{100 * result['test_accuracy']:.2f}% (final epoch)"),
-        ("best test accuracy", f"{100 * best['test_acc']:.2f}% (epoch {best['epoch']}, "
-         "chosen on the test set)"),
+        ("test accuracy", f"{100 * acc:.2f}% (final epoch)"),
+        ("best test accuracy", f"{100 * best['test_acc']:.2f}% (epoch "
+         f"{best['epoch']}, chosen on the test set)"),
         ("parameters", f"{n_params / 1e6:.3f}M"),
-        ("compile / train", f"{outcome.compile_s:.0f}s / {result['train_time_s']:.0f}s"),
-        ("outputs", f"{rundir.path} (result.json, curves.png, metrics.jsonl)"),
+        ("compile / train", f"{times[0]:.0f}s / {times[1]:.0f}s"),
+        ("outputs", f"{job.rundir.path} (result.json, curves.png, metrics.jsonl)"),
     ]  # fmt: skip
     print(T.format_summary("train done", rows, outcome.wall_s))
     return result
@@ -244,38 +173,28 @@ def run(config, out=None, resume=False, overwrite=False, *, stop_after=None,
 
 # ------------------------------------------------------------------------- CLI
 
-#: Flag (argparse dest) -> config key.
-FLAGS = {"dataset": "data.dataset", "data_dir": "data.data_dir", "seed": "seed",
-         "epochs": "train.epochs", "batch_size": "train.batch_size",
-         "channels": "net.channels", "layers": "net.layers", "auxiliary": "net.auxiliary",
-         "drop_path": "net.drop_path", "cutout": "augment.cutout", "bf16": "net.bf16"}  # fmt: skip
+_FLAGS = (
+    ("--genotype", {"help": "a published name (e.g. disc-nwot), a genotype JSON file "
+                    "(e.g. a search run's genotype.json) or a DARTS 'Genotype(...)' "
+                    "string; required unless --resume"}, "genotype_source"),
+    ("--channels", {"type": int, "help": "initial channels C"}, "net.channels"),
+    ("--layers", {"type": int, "help": "number of cells L"}, "net.layers"),
+    ("--auxiliary", {"action": "store_true", "default": None,
+                     "help": "DARTS auxiliary head"}, "net.auxiliary"),
+    ("--drop-path", {"type": float, "help": "DARTS drop-path probability, ramped "
+                     "from 0 (DARTS: 0.2)"}, "net.drop_path"),
+    ("--bf16", {"action": "store_true", "default": None,
+                "help": "compute in bfloat16"}, "net.bf16"),
+)  # fmt: skip
 
 
 def build_parser():
-    """The command-line parser."""
-    p = cli.parser("train", "Train the evaluation network of a genotype from "
-                   "scratch and report its test accuracy (final epoch).")  # fmt: skip
-    cli.add_run_args(p, "runs/train/<genotype>-<time>")
-    p.add_argument("--genotype", help="a published name (e.g. disc-nwot), a genotype "
-                   "JSON file (e.g. a search run's genotype.json) or a DARTS "
-                   "'Genotype(...)' string; required unless --resume")  # fmt: skip
-    p.add_argument("--dataset", help="digits, cifar10, a TFDS name or npz:PATH")
-    p.add_argument("--data-dir", help="TFDS data folder")
-    p.add_argument("--seed", type=int, help="seed of the init, batches, augmentation")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--batch-size", type=int, help="training images per step")
-    p.add_argument("--channels", type=int, help="initial channels C")
-    p.add_argument("--layers", type=int, help="number of cells L")
-    p.add_argument("--auxiliary", action="store_true", default=None,
-                   help="DARTS auxiliary head (weight net.auxiliary_weight)")  # fmt: skip
-    p.add_argument("--drop-path", type=float,
-                   help="DARTS drop-path probability, ramped from 0 (DARTS: 0.2)")  # fmt: skip
-    p.add_argument("--cutout", type=int, help="cutout side (0: off)")
-    p.add_argument(
-        "--bf16", action="store_true", default=None, help="compute in bfloat16"
+    """The command-line parser and its flag -> config key map."""
+    description = (
+        "Train the evaluation network of a genotype from scratch and report its "
+        "test accuracy (final epoch)."
     )
-    T.add_command_args(p)
-    return p
+    return T.build_parser("train", description, "runs/train/<genotype>-<time>", _FLAGS)
 
 
 def _genotype_overrides(args) -> dict[str, Any]:
@@ -293,19 +212,14 @@ def _genotype_overrides(args) -> dict[str, Any]:
     return {"genotype": to_json_dict(g), "genotype_source": args.genotype}
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    extra = _genotype_overrides(args)
-    config = T.config_for_run("train", args, FLAGS, extra)
-    if args.print_config:
-        cli.print_config("train", config)
-        return 0
-    return T.run_command(run, config, args)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 done or stopped by
     ``--stop-after``, 2 bad input, 130 interrupted by Ctrl-C after a checkpoint)."""
+    parser = build_parser()
+
+    def _main(a):
+        return T.command_main("train", parser, run, a, _genotype_overrides)
+
     return cli.run_main(_main, argv)
 
 

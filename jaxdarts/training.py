@@ -69,6 +69,14 @@ __all__ = [
     "start_run",
     "open_run",
     "fit",
+    "run_task",
+    "stopped_result",
+    "COMMON_FLAGS",
+    "add_flags",
+    "build_parser",
+    "config_for_run",
+    "run_command",
+    "command_main",
     "run_result",
     "format_summary",
 ]
@@ -621,7 +629,7 @@ class Job:
       eval_data: on-device padded ``(images, labels, mask)``.
       eval_name: metric prefix of the evaluated set (``"valid"`` or ``"test"``).
       rundir: the run folder.
-      run_key: the run's PRNG key.
+      run_key: the run's PRNG key (set by :func:`run_task`).
       checkpoint_every: epochs between checkpoints.
       max_to_keep: checkpoints kept (None: all).
       mesh: ``--devices N`` mesh (None: one device).
@@ -639,7 +647,7 @@ class Job:
     eval_data: tuple[jax.Array, jax.Array, jax.Array]
     eval_name: str
     rundir: Any
-    run_key: jax.Array
+    run_key: jax.Array | None = None
     checkpoint_every: int = 1
     max_to_keep: int | None = 2
     mesh: Any = None
@@ -701,15 +709,22 @@ def _hyper_arrays(hyper: Mapping[str, float], mesh: Any) -> dict[str, jax.Array]
     return commit({k: np.float32(v) for k, v in hyper.items()}, mesh)
 
 
-def _tree(state, epoch, step, sums, best_acc, best_epoch) -> dict[str, Any]:
+def _tree(pos: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint of a loop position."""
     return {
-        "state": state,
-        "epoch": np.int32(epoch),
-        "step": np.int32(step),
-        "sums": sums,
-        "best_acc": np.float64(best_acc),
-        "best_epoch": np.int32(best_epoch),
+        "state": pos["state"],
+        "epoch": np.int32(pos["epoch"]),
+        "step": np.int32(pos["step"]),
+        "sums": pos["sums"],
+        "best_acc": np.float64(pos["best_acc"]),
+        "best_epoch": np.int32(pos["best_epoch"]),
     }
+
+
+def _fresh(job: Job, state: TrainState) -> dict[str, Any]:
+    sums = commit(zero_sums(job.task), job.mesh)
+    return {"state": state, "epoch": 0, "step": 0, "sums": sums, "best_acc": -1.0,
+            "best_epoch": 0}  # fmt: skip
 
 
 def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
@@ -718,8 +733,7 @@ def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
     if ckpt.latest_step() is None:
         rundir.truncate_metrics(-1, key="epoch")
         return None
-    target = _tree(state, 0, 0, zero_sums(job.task), -1.0, 0)
-    r = ckpt.restore(None, target)
+    r = ckpt.restore(None, _tree(_fresh(job, state)))
     r = {
         k: (v if k in ("state", "sums") else np.asarray(v).item()) for k, v in r.items()
     }
@@ -833,18 +847,10 @@ def _finish_epoch(job, comp, pos, seconds, steps, compile_s) -> None:
 
 
 def _initial_position(job: Job, ckpt: Any, state: TrainState, resume: bool) -> dict:
-    state = commit(state, job.mesh)
-    restored = _restore(job, ckpt, state) if resume else None
+    pos = _fresh(job, commit(state, job.mesh))
+    restored = _restore(job, ckpt, pos["state"]) if resume else None
     if restored is None:
-        return {
-            "state": state,
-            "epoch": 0,
-            "step": 0,
-            "sums": commit(zero_sums(job.task), job.mesh),
-            "best_acc": -1.0,
-            "best_epoch": 0,
-            "fresh": True,
-        }
+        return {**pos, "fresh": True}
     restored["state"] = commit(restored["state"], job.mesh)
     restored["sums"] = commit(restored["sums"], job.mesh)
     return {**restored, "fresh": False}
@@ -889,9 +895,7 @@ def fit(
     interrupted = False
 
     def save() -> None:
-        tree = _tree(**{k: pos[k] for k in ("state", "epoch", "step", "sums")},
-                     best_acc=pos["best_acc"], best_epoch=pos["best_epoch"])  # fmt: skip
-        ckpt.save(pos["epoch"] * spe + pos["step"], tree)
+        ckpt.save(pos["epoch"] * spe + pos["step"], _tree(pos))
 
     try:
         if guard is not None:
@@ -931,6 +935,54 @@ def fit(
         compile_s=comp.seconds,
         wall_s=time.perf_counter() - t_start,
     )
+
+
+def run_task(
+    command: str,
+    config: dict[str, Any],
+    out: str | os.PathLike,
+    make_job: Callable[[dict, Any, Any, Any], Job],
+    finish: Callable[[Job, Outcome], dict[str, Any]],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    interrupt: Any = None,
+    devices: int | None = None,
+) -> dict[str, Any]:
+    """A whole run of a command: check the folder, load the data, create the folder,
+    build the job and the state, :func:`fit`, and ``finish`` (result files).
+
+    Args:
+      command: ``"pretrain"`` or ``"train"`` (its ``RESUME_MAY_CHANGE`` keys).
+      config: the resolved config.
+      out: the run folder.
+      make_job: ``(config, dataset, rundir, mesh) -> Job`` (``run_key`` is set here).
+      finish: ``(job, outcome) -> result`` once every epoch is done.
+      resume, overwrite, stop_after, interrupt, devices: see the commands' ``run``.
+
+    Returns:
+      ``finish``'s result, or for a stopped run :func:`stopped_result`'s.
+    """
+    from jaxdarts import config as config_lib
+    from jaxdarts.data import load_dataset
+
+    may_change = config_lib.config_module(command).RESUME_MAY_CHANGE
+    config, rundir = start_run(
+        config, out, resume=resume, overwrite=overwrite, may_change=may_change
+    )
+    mesh = data_mesh(devices, config["train"]["batch_size"])
+    ds = load_dataset(config["data"]["dataset"], config["data"]["data_dir"])
+    rundir = open_run(config, rundir, overwrite=overwrite)
+    job = make_job(config, ds, rundir, mesh)
+    init_key, run_key = jax.random.split(jax.random.key(config["seed"]))
+    job.run_key = commit(run_key, mesh)
+    state = create_state(job.task, init_key, ds.image_shape, job.setup)
+    log.info("%.3fM parameters", count_params(state.params) / 1e6)
+    outcome = fit(job, state, resume=resume, stop_after=stop_after, interrupt=interrupt)
+    if not outcome.finished:
+        return stopped_result(job, outcome)
+    return finish(job, outcome)
 
 
 def stopped_result(job: Job, outcome: Outcome) -> dict[str, Any]:
@@ -1000,8 +1052,40 @@ def format_summary(title: str, rows: Sequence[tuple[str, str]], wall_s: float) -
 # ------------------------------------------------------- the two commands' CLI
 
 
-def add_command_args(p: Any) -> None:
-    """``--stop-after`` and ``--no-compile-cache`` (pretrain and train)."""
+#: Flags both commands have: (option, argparse keywords, config key).
+COMMON_FLAGS: tuple[tuple[str, dict[str, Any], str], ...] = (
+    ("--dataset", {"help": "digits, cifar10, a TFDS name or npz:PATH"}, "data.dataset"),
+    ("--data-dir", {"help": "TFDS data folder"}, "data.data_dir"),
+    ("--seed", {"type": int, "help": "seed of the whole run"}, "seed"),
+    ("--epochs", {"type": int, "help": "training epochs"}, "train.epochs"),
+    ("--batch-size", {"type": int, "help": "images per step"}, "train.batch_size"),
+    ("--cutout", {"type": int, "help": "cutout side (0: off)"}, "augment.cutout"),
+)
+
+
+def add_flags(p: Any, flags: Sequence[tuple[str, dict[str, Any], str]]) -> dict:
+    """Adds ``(option, argparse keywords, config key)`` flags to parser ``p``;
+    returns argparse dest -> config key (for :func:`config_for_run`)."""
+    dests = {}
+    for option, kwargs, key in flags:
+        dests[p.add_argument(option, **kwargs).dest] = key
+    return dests
+
+
+def build_parser(
+    command: str, description: str, default_out: str, flags: Sequence[tuple]
+) -> tuple[Any, dict[str, str]]:
+    """A command's parser: ``cli.parser``, ``cli.add_run_args``, the command's own
+    flags, :data:`COMMON_FLAGS`, ``--stop-after`` and ``--no-compile-cache``.
+
+    Returns:
+      ``(parser, dest -> config key)``.
+    """
+    from jaxdarts import cli
+
+    p = cli.parser(command, description)
+    cli.add_run_args(p, default_out)
+    dests = add_flags(p, (*flags, *COMMON_FLAGS))
     p.add_argument(
         "--stop-after",
         type=int,
@@ -1013,6 +1097,34 @@ def add_command_args(p: Any) -> None:
         action="store_true",
         help="do not use JAX's persistent compilation cache",
     )
+    return p, dests
+
+
+def command_main(
+    command: str,
+    parser: tuple[Any, dict[str, str]],
+    run: Callable[..., dict[str, Any]],
+    argv: Sequence[str] | None,
+    extra: Callable[[Any], dict[str, Any]] | None = None,
+) -> int:
+    """Parse, build the config (``--print-config`` prints it), run; the exit status.
+
+    Args:
+      command: ``"pretrain"`` or ``"train"``.
+      parser: :func:`build_parser`'s result.
+      run: the command's ``run(config, out, resume, overwrite, ...)``.
+      argv: the arguments (None: ``sys.argv``).
+      extra: parsed args -> config values the command resolves itself.
+    """
+    from jaxdarts import cli
+
+    p, dests = parser
+    args = p.parse_args(argv)
+    config = config_for_run(command, args, dests, extra(args) if extra else None)
+    if args.print_config:
+        cli.print_config(command, config)
+        return 0
+    return run_command(run, config, args)
 
 
 def _check_run_args(args: Any) -> None:

@@ -23,6 +23,7 @@ from jaxdarts import pretrain as P
 from jaxdarts import training as T
 from jaxdarts.checkpoint import Checkpointer, load_supernet, supernet_config_from_meta
 from jaxdarts.runs import ConfigMismatchError, RunExistsError
+from jaxdarts.tasks import supernet_task
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 20  # 160 training images / batch 8
@@ -84,7 +85,7 @@ def _restore_tree(ck: Checkpointer, step: int, run_dir: Path) -> dict:
 
     ds = load_dataset(config["data"]["dataset"])
     tr, _ = split_indices(len(ds.train_labels), config["seed"])
-    task = P.make_task(config, ds.num_classes)
+    task = supernet_task(config, ds.num_classes)
     setup = T.make_setup(config, ds.image_shape, len(tr), ds.mean, ds.std)
     state = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
     target = {
@@ -407,7 +408,7 @@ def test_darts1_mode_trains_alphas_and_weights():
     d = load_digits()
     images = np.rint(d.images[:16] * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = d.target[:16].astype(np.int32)
-    task = P.make_task(config, 10)
+    task = supernet_task(config, 10)
     setup = T.make_setup(config, (8, 8, 1), 16, (0.3,), (0.4,), num_valid=16)
     state0 = T.create_state(task, jax.random.key(0), (8, 8, 1), setup)
     assert jax.tree.leaves(state0.extra["arch_opt"])

@@ -17,6 +17,7 @@ import pytest
 from jaxdarts import config as config_lib
 from jaxdarts import train
 from jaxdarts import training as T
+from jaxdarts.tasks import evalnet_task
 
 # Tiny settings on top of --preset quick: 1 (reduction) cell of 4 channels, so that
 # XLA:CPU compiles fast; 16 steps per jitted call (44 steps per epoch at batch 32,
@@ -56,7 +57,7 @@ def _final_params(run_dir) -> dict:
 
 def _target():
     config = _config(4)
-    task = train.make_task(config, 10)
+    task = evalnet_task(config, 10)
     setup = T.make_setup(config, (8, 8, 1), 1437, (0.5,), (0.5,))
     state = T.create_state(task, jax.random.key(0), (8, 8, 1), setup)
     return {
@@ -261,7 +262,7 @@ def test_host_init_matches_flax_init():
     # kernels take XLA:CPU ~10 s to compile even for this network.
     key = jax.random.key(3, impl="unsafe_rbg")
     states = {
-        init: train.make_task(_load(genotype=g, **kw, **{"net.init": init}), 10).init(
+        init: evalnet_task(_load(genotype=g, **kw, **{"net.init": init}), 10).init(
             key, (8, 8, 1)
         )
         for init in ("host", "flax")
