@@ -737,14 +737,44 @@ def bench_ppo(rec: Recorder, quick: bool) -> None:
         rec.add("ppo", f"{preset} compile", tc, "s", **conf)
 
 
+def _pretrain_config(preset: str, batch_size: int, channels=None, layers=None):
+    from jaxdarts import config as C
+
+    over = {"train.batch_size": batch_size, "supernet.channels": channels,
+            "supernet.layers": layers}  # fmt: skip
+    return C.load("pretrain", preset=preset, overrides=over)
+
+
+def _train_config(preset: str, genotype: str, batch_size: int, bf16: bool, **net):
+    from jaxdarts import config as C
+    from jaxdarts.genotypes import load_genotype, to_json_dict
+
+    over = {"genotype": to_json_dict(load_genotype(genotype)), "net.bf16": bf16,
+            "train.batch_size": batch_size}  # fmt: skip
+    over.update({f"net.{k}": v for k, v in net.items()})
+    return C.load("train", preset=preset, overrides=over)
+
+
+def _training_setup(config, shape, n_train, mean, std):
+    """(task, setup, state) of a pretrain or train config (the training core)."""
+    import jax
+
+    from jaxdarts import tasks
+    from jaxdarts import training as TR
+
+    make = tasks.supernet_task if "supernet" in config else tasks.evalnet_task
+    task = make(config, 10)
+    setup = TR.make_setup(config, shape, n_train, mean, std)
+    return task, setup, TR.create_state(task, jax.random.key(0), shape, setup)
+
+
 def bench_train(rec: Recorder, quick: bool) -> None:
     """Supernet weight step and evaluation-network step, images/s and projections."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxdarts import pretrain as PT
-    from jaxdarts import train as T
+    from jaxdarts import training as TR
 
     shape = (8, 8, 1) if quick else (32, 32, 3)
     rng = np.random.default_rng(0)
@@ -754,22 +784,21 @@ def bench_train(rec: Recorder, quick: bool) -> None:
 
     # Supernet weight step (pre-training), batch 64, float32.
     if quick:  # smaller than the quick preset (C8, L3): compile time dominates
-        pcfg = PT.make_config("quick", batch_size=64, channels=4, layers=2)
+        pcfg = _pretrain_config("quick", batch_size=64, channels=4, layers=2)
     else:
-        pcfg = PT.make_config("paper", batch_size=64)
-    setup = PT.make_setup(pcfg, shape, 10, 25000, 25000, mean, std)
-    state = PT.create_train_state(jax.random.key(0), setup, shape)
+        pcfg = _pretrain_config("paper", batch_size=64)
+    task, setup, state = _training_setup(pcfg, shape, 25000, mean, std)
     x, y = jnp.asarray(images[:64]), jnp.asarray(labels10[:64])
 
     def pstep(s, x, y, k):
-        return PT.train_step(s, x, y, k, jnp.float32(0.025), setup)
+        return TR.train_step(s, x, y, k, {"lr": jnp.float32(0.025)}, task, setup)
 
     key = jax.random.key(1)
     conf = {
-        "net": f"supernet C{pcfg['channels']}-L{pcfg['layers']}",
+        "net": f"supernet C{pcfg['supernet']['channels']}-L{pcfg['supernet']['layers']}",
         "batch": 64,
         "image": "x".join(map(str, shape)),
-        "impl": pcfg["impl"],
+        "impl": pcfg["supernet"]["impl"],
         "dtype": "float32",
     }
     compiled, tc = compile_fn(pstep, state, x, y, key)
@@ -790,23 +819,21 @@ def bench_train(rec: Recorder, quick: bool) -> None:
         over = {"genotype": "disc-nwot", "batch_size": 96, "bf16": bf16}
         if quick:
             over.update(channels=4, layers=2)
-        tcfg = T.make_config("quick" if quick else "paper", **over)
-        tsetup = T.make_setup(tcfg, shape, 10, 50000, mean, std)
-        tstate = T.create_train_state(jax.random.key(0), tcfg, None, shape, 10)
+        tcfg = _train_config("quick" if quick else "paper", **over)
+        ttask, tsetup, tstate = _training_setup(tcfg, shape, 50000, mean, std)
         x, y = jnp.asarray(images[:96]), jnp.asarray(labels10[:96])
 
-        def tstep(s, x, y, k, tsetup=tsetup):
-            return T.train_step(
-                s, x, y, k, jnp.float32(0.025), jnp.float32(0.0), tsetup
-            )
+        def tstep(s, x, y, k, tsetup=tsetup, ttask=ttask):
+            hyper = {"lr": jnp.float32(0.025), "drop_path": jnp.float32(0.0)}
+            return TR.train_step(s, x, y, k, hyper, ttask, tsetup)
 
         dtype = "bfloat16" if bf16 else "float32"
         conf = {
-            "net": f"evalnet C{tcfg['channels']}-L{tcfg['layers']}",
+            "net": f"evalnet C{tcfg['net']['channels']}-L{tcfg['net']['layers']}",
             "batch": 96,
             "image": "x".join(map(str, shape)),
             "dtype": dtype,
-            "cutout": tcfg["cutout"],
+            "cutout": tcfg["augment"]["cutout"],
         }
         compiled, tc = compile_fn(tstep, tstate, x, y, key)
         dt = time_calls(compiled, tstate, x, y, key, min_time=1.0 if quick else 5.0)
@@ -833,8 +860,8 @@ def bench_devices(rec: Recorder, quick: bool) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxdarts import pretrain as PT
     from jaxdarts import sharding as S
+    from jaxdarts import training as TR
     from jaxdarts.ppo.train import PPOConfig, make_train
 
     ndev = jax.device_count()
@@ -871,15 +898,14 @@ def bench_devices(rec: Recorder, quick: bool) -> None:
             rec.add("devices", f"search chunk {path} {n} dev compile", tc, "s", **conf)
 
     shape = (8, 8, 1)
-    pcfg = PT.make_config("quick", channels=4, layers=2, batch_size=32)
-    setup = PT.make_setup(pcfg, shape, 10, 1000, 1000, (0.5,), (0.25,))
-    state0 = PT.create_train_state(jax.random.key(0), setup, shape)
+    pcfg = _pretrain_config("quick", channels=4, layers=2, batch_size=32)
+    task, setup, state0 = _training_setup(pcfg, shape, 1000, (0.5,), (0.25,))
     rng = np.random.default_rng(0)
     x0 = rng.integers(0, 256, (32, *shape), dtype=np.uint8)
     y0 = rng.integers(0, 10, 32).astype(np.int32)
 
     def pstep(s, x, y, k):
-        return PT.train_step(s, x, y, k, jnp.float32(0.025), setup)
+        return TR.train_step(s, x, y, k, {"lr": jnp.float32(0.025)}, task, setup)
 
     key = jax.random.key(1)
     for n in counts:

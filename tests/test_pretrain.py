@@ -23,7 +23,7 @@ from jaxdarts import pretrain as P
 from jaxdarts import training as T
 from jaxdarts.checkpoint import Checkpointer, load_supernet, supernet_config_from_meta
 from jaxdarts.runs import ConfigMismatchError, RunExistsError
-from jaxdarts.tasks import supernet_task
+from jaxdarts.tasks import supernet_config, supernet_task
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 20  # 160 training images / batch 8
@@ -371,7 +371,7 @@ def test_config():
     assert (c["optim"]["momentum"], c["optim"]["weight_decay"]) == (0.9, 3e-4)
     assert (c["optim"]["grad_clip"], c["augment"]["cutout"]) == (5.0, 0)
     assert (c["supernet"]["alpha_std"], c["mode"]) == (1e-3, "weights")
-    assert P.supernet_config(_load("paper", compat="dartsrl"), 10).swap_cells
+    assert supernet_config(_load("paper", compat="dartsrl"), 10).swap_cells
     # The quick supernet is the one search's quick preset expects.
     q = _load("quick")["supernet"]
     s = config_lib.load("search", preset="quick")["supernet"]
@@ -442,3 +442,24 @@ def test_darts1_mode_trains_alphas_and_weights():
     )
     assert not np.array_equal(alphas(state), alphas(state0))
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+# ------------------------------------------------------------ README pattern
+
+
+@pytest.mark.slow
+def test_quick_preset_supernet_loads_for_search_quick(tmp_path):
+    """``pretrain --preset quick`` (1 epoch) writes the supernet that a
+    ``search --preset quick`` config asks for."""
+    out = tmp_path / "pre"
+    argv = ["--preset", "quick", "--set", "train.epochs=1", "--out", str(out)]
+    assert P.main([*argv, "--no-compile-cache"]) == 0
+    search = config_lib.load("search", preset="quick", variant="disc-ckpt-acc")
+    net = search["supernet"]
+    expect = {k: net[k] for k in ("space", "channels", "layers")}
+    expect.update(num_classes=10, swap_cells=search["compat"] == "dartsrl")
+    variables, meta = load_supernet(out, expect=expect)
+    assert (meta["channels"], meta["layers"]) == (4, 3)
+    assert meta["split_seed"] == _load("quick")["seed"] and meta["compat"] is None
+    net_config = supernet_config_from_meta(meta, impl="xla")
+    assert net_config.stem_multiplier == 3 and variables["params"]
