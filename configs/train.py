@@ -8,10 +8,10 @@ cosine-annealed to 0. ``quick``: the embedded digits data, 3 cells of 8 channels
 10 epochs; about a minute on a 2-core CPU.
 """
 
-from jaxdarts.config import ConfigError, Key
-
 from jaxdarts.configs import training
 from jaxdarts.configs.common import QUICK_DATA
+
+from jaxdarts.config import ConfigError, Key
 
 
 def get_config() -> dict:
@@ -56,34 +56,51 @@ PRESETS: dict[str, dict] = {
 RESUME_MAY_CHANGE = (*training.RESUME_MAY_CHANGE, "genotype_source")
 
 SCHEMA: dict[str, Key] = {
-    "preset": Key("the preset the config started from", "str",
-                  choices=tuple(PRESETS)),
-    "seed": Key("seed of the init, the batches, augmentation and dropout", "int",
-                lo=0),
-    "genotype": Key("the genotype trained ({normal, normal_concat, reduce, "
-                    "reduce_concat}); set with --genotype", "dict", nullable=True),
-    "genotype_source": Key("what --genotype said (a name, a file or a string)",
-                           "str", nullable=True),
+    "preset": Key("the preset the config started from", "str", choices=tuple(PRESETS)),
+    "seed": Key("seed of the init, the batches, augmentation and dropout", "int", lo=0),
+    "genotype": Key(
+        "the genotype trained ({normal, normal_concat, reduce, "
+        "reduce_concat}); set with --genotype",
+        "dict",
+        nullable=True,
+    ),
+    "genotype_source": Key(
+        "what --genotype said (a name, a file or a string)", "str", nullable=True
+    ),
     "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
-    "data.data_dir": Key("TFDS data folder (null: TFDS's default)", "str",
-                         nullable=True),
+    "data.data_dir": Key(
+        "TFDS data folder (null: TFDS's default)", "str", nullable=True
+    ),
     "net.channels": Key("initial channels C of the evaluation network", "int", lo=1),
-    "net.layers": Key("number of cells L (cells L//3 and 2L//3 reduce)", "int",
-                      lo=1),
+    "net.layers": Key("number of cells L (cells L//3 and 2L//3 reduce)", "int", lo=1),
     "net.auxiliary": Key("DARTS auxiliary head after cell 2L//3", "bool"),
-    "net.auxiliary_weight": Key("weight of the auxiliary head's loss", "float",
-                                lo=0),
-    "net.drop_path": Key("DARTS drop-path probability, ramped linearly from 0 over "
-                         "the epochs (DARTS: 0.2)", "float", lo=0, hi=1,
-                         hi_open=True),
-    "net.identity_dropout": Key("dropout after skip connections (the reference's)",
-                                "float", lo=0, hi=1, hi_open=True),
-    "net.impl": Key("depthwise conv / pooling form of the ops (auto: fastest for "
-                    "the backend)", "str"),
+    "net.auxiliary_weight": Key("weight of the auxiliary head's loss", "float", lo=0),
+    "net.drop_path": Key(
+        "DARTS drop-path probability, ramped linearly from 0 over "
+        "the epochs (DARTS: 0.2)",
+        "float",
+        lo=0,
+        hi=1,
+        hi_open=True,
+    ),
+    "net.identity_dropout": Key(
+        "dropout after skip connections (the reference's)",
+        "float",
+        lo=0,
+        hi=1,
+        hi_open=True,
+    ),
+    "net.impl": Key(
+        "depthwise conv / pooling form of the ops (auto: fastest for the backend)",
+        "str",
+    ),
     "net.bf16": Key("compute in bfloat16 (parameters stay float32)", "bool"),
-    "net.init": Key("host: PyTorch's default init drawn with NumPy (no compile); "
-                    "flax: the modules' initialisers under jit", "str",
-                    choices=("host", "flax")),
+    "net.init": Key(
+        "host: PyTorch's default init drawn with NumPy (no compile); "
+        "flax: the modules' initialisers under jit",
+        "str",
+        choices=("host", "flax"),
+    ),
     **training.SCHEMA,
 }
 
@@ -100,11 +117,4 @@ def check(config: dict) -> None:
         from_json_dict(config["genotype"])
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"genotype: {e}") from None
-    impl = config["net"]["impl"]
-    if impl != "auto":
-        from jaxdarts.ops import resolve_impl
-
-        try:
-            resolve_impl(impl)
-        except ValueError as e:
-            raise ConfigError(f"net.impl: {e}") from None
+    training.check_impl("net.impl", config["net"]["impl"])

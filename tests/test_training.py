@@ -9,6 +9,7 @@ the two real tasks end to end.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -144,16 +145,11 @@ def _records(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in drop} for x in lines]
 
 
-class _StopAt:
-    """``requested`` turns True at the n-th poll (one poll per chunk)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @property
-    def requested(self) -> bool:
-        self.n -= 1
-        return self.n <= 0
+def _stop_at(n: int):
+    """An ``interrupt`` whose ``requested`` turns True at the n-th poll (one poll
+    per chunk)."""
+    polls = itertools.count(1)
+    return type("Stop", (), {"requested": property(lambda _: next(polls) >= n)})()
 
 
 def test_fit_resume_is_bitwise_exact(digits, tmp_path):
@@ -161,7 +157,7 @@ def test_fit_resume_is_bitwise_exact(digits, tmp_path):
     a = T.fit(straight, _state(straight))
     assert a.finished and not a.interrupted and a.epoch == EPOCHS
     split = _job(digits, tmp_path / "split")
-    b = T.fit(split, _state(split), interrupt=_StopAt(6))  # epoch 1, after 2 chunks
+    b = T.fit(split, _state(split), interrupt=_stop_at(6))  # epoch 1, after 2 chunks
     assert b.interrupted and (b.epoch, b.step) == (1, 6)
     c = T.fit(split, _state(split), resume=True, stop_after=2)
     assert not c.interrupted and not c.finished and (c.epoch, c.step) == (2, 0)
