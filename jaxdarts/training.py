@@ -636,6 +636,7 @@ class Job:
       eval_before: also evaluate (epoch 0) before training.
       on_best: called with ``(state, epoch, eval metrics)`` when the evaluated
         accuracy improved.
+      on_record: called with every ``metrics.jsonl`` record (``--tensorboard``).
     """
 
     command: str
@@ -653,6 +654,7 @@ class Job:
     mesh: Any = None
     eval_before: bool = False
     on_best: Callable[[TrainState, int, dict[str, float]], None] | None = None
+    on_record: Callable[[dict[str, Any]], None] | None = None
 
     def hyper(self, epoch: int) -> dict[str, float]:
         """The per-epoch scalars: ``lr`` and the task's own."""
@@ -841,6 +843,8 @@ def _finish_epoch(job, comp, pos, seconds, steps, compile_s) -> None:
             job.on_best(pos["state"], pos["epoch"] + 1, v)
     record = _epoch_record(job, pos, v, seconds, steps, compile_s)
     job.rundir.append_metrics(record)
+    if job.on_record is not None:
+        job.on_record(record)
     _log_epoch(job, record, improved)
     pos["epoch"], pos["step"] = pos["epoch"] + 1, 0
     pos["sums"] = commit(zero_sums(job.task), job.mesh)
@@ -937,6 +941,18 @@ def fit(
     )
 
 
+def _tensorboard(job: Job) -> Any:
+    """A TensorBoard writer under ``<run>/tb`` fed by every epoch record."""
+    from jaxdarts import runs
+
+    logger_cls = getattr(runs, "TensorBoardLogger", None)
+    if logger_cls is None:
+        raise RuntimeError("--tensorboard needs jaxdarts.runs.TensorBoardLogger")
+    board = logger_cls(job.rundir.path / "tb")
+    job.on_record = lambda record: board.log(record, record["step"])
+    return board
+
+
 def run_task(
     command: str,
     config: dict[str, Any],
@@ -949,6 +965,7 @@ def run_task(
     stop_after: int | None = None,
     interrupt: Any = None,
     devices: int | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """A whole run of a command: check the folder, load the data, create the folder,
     build the job and the state, :func:`fit`, and ``finish`` (result files).
@@ -960,6 +977,8 @@ def run_task(
       make_job: ``(config, dataset, rundir, mesh) -> Job`` (``run_key`` is set here).
       finish: ``(job, outcome) -> result`` once every epoch is done.
       resume, overwrite, stop_after, interrupt, devices: see the commands' ``run``.
+      tensorboard: also write every epoch's metrics as TensorBoard scalars under
+        ``<run>/tb`` (the ``tensorboard`` extra).
 
     Returns:
       ``finish``'s result, or for a stopped run :func:`stopped_result`'s.
@@ -1221,6 +1240,16 @@ def run_command(run: Callable[..., dict[str, Any]], config: dict, args: Any) -> 
     from jaxdarts.sharding import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # multi-host runs: see README "Scaling out"
+    if getattr(args, "tensorboard", False):
+        import jaxdarts.runs
+
+        check = getattr(jaxdarts.runs, "check_tensorboard", None)
+        try:
+            if check is None:
+                raise RuntimeError("this jaxdarts has no TensorBoard logger")
+            check()
+        except (ImportError, RuntimeError, ValueError) as e:
+            raise UsageError(f"--tensorboard: {e}") from None
     setup_logging(None)
     if not args.no_compile_cache:
         enable_compilation_cache()
@@ -1228,7 +1257,8 @@ def run_command(run: Callable[..., dict[str, Any]], config: dict, args: Any) -> 
     try:
         result = run(config, args.resume or args.out, resume=bool(args.resume),
                      overwrite=args.overwrite, stop_after=args.stop_after,
-                     devices=args.devices)  # fmt: skip
+                     devices=args.devices,
+                     tensorboard=bool(getattr(args, "tensorboard", False)))  # fmt: skip
     except (*bad_input, FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if result.get("ctrl_c"):
