@@ -794,8 +794,9 @@ def bench_train(rec: Recorder, quick: bool) -> None:
         return TR.train_step(s, x, y, k, {"lr": jnp.float32(0.025)}, task, setup)
 
     key = jax.random.key(1)
+    net = pcfg["supernet"]
     conf = {
-        "net": f"supernet C{pcfg['supernet']['channels']}-L{pcfg['supernet']['layers']}",
+        "net": f"supernet C{net['channels']}-L{net['layers']}",
         "batch": 64,
         "image": "x".join(map(str, shape)),
         "impl": pcfg["supernet"]["impl"],

@@ -116,8 +116,9 @@ def test_schedule_is_an_argument_and_chunk_equals_steps(digits, tmp_path):
     for lr in (0.1, 0.05):
         hyper = {"lr": jnp.float32(lr), "scale": jnp.float32(1.0)}
         state, sums = _state(job), T.zero_sums(task)
-        state, sums = T.train_chunk(state, sums, job.data, job.run_key,
-                                    jnp.int32(0), jnp.int32(0), hyper, task, setup)  # fmt: skip
+        zero = jnp.int32(0)
+        args = (state, sums, job.data, job.run_key, zero, zero, hyper)
+        state, sums = T.train_chunk(*args, task, setup)
         outs.append((state, sums))
     assert T.train_chunk._cache_size() - before == 1
     assert not np.array_equal(outs[0][0].params["w"], outs[1][0].params["w"])
