@@ -1087,7 +1087,9 @@ def add_flags(p: Any, flags: Sequence[tuple[str, dict[str, Any], str]]) -> dict:
     returns argparse dest -> config key (for :func:`config_for_run`)."""
     dests = {}
     for option, kwargs, key in flags:
-        dests[p.add_argument(option, **kwargs).dest] = key
+        # "%(default).0s" prints nothing and keeps argparse from adding "None"
+        text = f"{kwargs['help']} (sets {key}; default: the preset's)%(default).0s"
+        dests[p.add_argument(option, **{**kwargs, "help": text}).dest] = key
     return dests
 
 
