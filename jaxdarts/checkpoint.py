@@ -27,6 +27,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import math
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -38,7 +43,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "save_pytree", "load_pytree"]
+__all__ = [
+    "Checkpointer",
+    "save_pytree",
+    "load_pytree",
+    "SUPERNET_DIR",
+    "SUPERNET_META",
+    "SUPERNET_FORMAT",
+    "save_supernet",
+    "load_supernet",
+    "supernet_config_from_meta",
+    "supernet_init_fn",
+]
 
 _FORMAT = "jaxdarts.checkpoint/1"
 _STATE = "state"
@@ -542,3 +558,192 @@ def load_pytree(path: str | Path, target: Any) -> Any:
             ),
         )[_STATE]
     return _decode(plans, restored, treedef)
+
+
+# ------------------------------------------------------------ supernet weights
+
+#: Sub-folder of a pre-training run that holds the best weights.
+SUPERNET_DIR = "supernet"
+#: JSON file inside :data:`SUPERNET_DIR` describing the weights.
+SUPERNET_META = "supernet.json"
+#: ``format`` field of :data:`SUPERNET_META`.
+SUPERNET_FORMAT = "jaxdarts.supernet/1"
+
+
+@functools.lru_cache(maxsize=8)
+def supernet_init_fn(net_config: Any, image_shape: tuple[int, ...]) -> Any:
+    """``jit(Supernet.init)`` for one :class:`~jaxdarts.supernet.SupernetConfig`,
+    compiled once per process (run eagerly, ``init`` dispatches one small program
+    per parameter leaf)."""
+    from jaxdarts.supernet import get_supernet
+
+    net = get_supernet(net_config)
+    return jax.jit(lambda k: net.init(k, image_shape))
+
+
+def save_supernet(
+    path: str | os.PathLike, variables: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    """Writes (or atomically replaces) a supernet folder.
+
+    The folder is written beside ``path`` under a temporary name and renamed into
+    place, so a crash never leaves a half-written ``supernet/``.
+
+    Args:
+      path: the folder (``<run>/supernet``).
+      variables: ``{"params", "batch_stats"}``.
+      meta: JSON-able description, written as ``supernet.json`` inside. What
+        :func:`load_supernet` and search read: ``format`` (:data:`SUPERNET_FORMAT`),
+        ``space``, ``channels``, ``layers``, ``num_classes``, ``stem_multiplier``,
+        ``swap_cells``, ``image_shape``, ``split_seed`` (the seed of the 50/50
+        split the weights were trained on), ``compat``.
+
+    Returns:
+      The absolute folder path.
+    """
+    from jaxdarts.io import atomic_write_json
+
+    path = Path(path).expanduser().absolute()
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    tree = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    save_pytree(tmp, tree)
+    atomic_write_json(tmp / SUPERNET_META, meta)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _supernet_folder(path: str | os.PathLike) -> Path:
+    p = Path(path).expanduser().absolute()
+    if (p / SUPERNET_META).is_file():
+        return p
+    if (p / SUPERNET_DIR / SUPERNET_META).is_file():
+        return p / SUPERNET_DIR
+    if not p.exists():
+        raise FileNotFoundError(f"no pre-trained supernet: {p} does not exist")
+    hint = ""
+    if (p / "config.json").is_file():
+        hint = (
+            " It looks like a run folder without a finished epoch yet; continue it "
+            f"with: python -m jaxdarts.pretrain --resume {p}"
+        )
+    raise FileNotFoundError(
+        f"no pre-trained supernet in {p}: expected {SUPERNET_DIR}/{SUPERNET_META} "
+        f"(a pre-training run folder) or {SUPERNET_META} (its {SUPERNET_DIR}/ "
+        f"sub-folder).{hint}"
+    )
+
+
+def supernet_config_from_meta(meta: dict[str, Any], impl: str = "auto") -> Any:
+    """The :class:`~jaxdarts.supernet.SupernetConfig` of a saved supernet's meta."""
+    from jaxdarts.supernet import SupernetConfig
+
+    return SupernetConfig(
+        space=meta["space"],
+        channels=int(meta["channels"]),
+        layers=int(meta["layers"]),
+        num_classes=int(meta["num_classes"]),
+        stem_multiplier=int(meta["stem_multiplier"]),
+        impl=impl,
+        swap_cells=bool(meta["swap_cells"]),
+        eps=float(meta.get("eps", SupernetConfig.eps)),
+    )
+
+
+# Keys of `expect` that do not change the weights and are never compared.
+_EXPECT_SKIP = ("impl",)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _same(a: Any, b: Any) -> bool:
+    from jaxdarts.spaces import get_space
+
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str) or isinstance(b, str):
+        if isinstance(a, str) and isinstance(b, str):
+            try:
+                return get_space(a).name == get_space(b).name
+            except ValueError:
+                return a == b
+        return False
+    if _is_real(a) and _is_real(b):
+        return float(a) == float(b)
+    return a == b
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_show(x) for x in v) + ")"
+    return repr(v)
+
+
+def _check_expect(folder: Path, meta: dict[str, Any], expect: Any) -> None:
+    if dataclasses.is_dataclass(expect):
+        expect = dataclasses.asdict(expect)
+    unknown = [k for k in expect if k not in meta and k not in _EXPECT_SKIP]
+    if unknown:
+        raise ValueError(
+            f"cannot check {unknown} against the supernet in {folder}: its "
+            f"description has {sorted(k for k in meta if k != 'alphas')}"
+        )
+    diff = [
+        k for k, v in expect.items() if k not in _EXPECT_SKIP and not _same(meta[k], v)
+    ]
+    if diff:
+        saved = ", ".join(f"{k} {_show(meta[k])}" for k in diff)
+        asked = ", ".join(f"{k} {_show(expect[k])}" for k in diff)
+        raise ValueError(
+            f"the supernet in {folder} was trained for {saved}, but the run asks "
+            f"for {asked}. Pre-train a matching supernet (python -m "
+            "jaxdarts.pretrain with the same settings) or change the run's settings."
+        )
+
+
+def load_supernet(
+    path: str | os.PathLike, expect: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Loads pre-trained supernet weights (written by ``python -m jaxdarts.pretrain``).
+
+    Args:
+      path: a pre-training run folder, or its ``supernet/`` sub-folder.
+      expect: optional values the weights must have been trained with: any
+        :class:`~jaxdarts.supernet.SupernetConfig` field (``space``, ``channels``,
+        ``layers``, ``num_classes``, ``stem_multiplier``, ``swap_cells``, ``eps``;
+        ``impl`` is ignored as it does not change the weights), ``image_shape``, or
+        any other key of the meta (``dataset``, ``split_seed``, ...). A
+        ``SupernetConfig`` works too.
+
+    Returns:
+      ``(variables, meta)``: ``{"params", "batch_stats"}`` as jax arrays, and the
+      saved description (``supernet.json``; ``image_shape`` as a tuple). Build the
+      network with ``Supernet(supernet_config_from_meta(meta))``.
+
+    Raises:
+      FileNotFoundError: no supernet in ``path``.
+      ValueError: ``expect`` differs from the saved meta (every difference is
+        listed), or names a key the meta does not have.
+    """
+    folder = _supernet_folder(path)
+    meta = json.loads((folder / SUPERNET_META).read_text())
+    if meta.get("format") != SUPERNET_FORMAT:
+        raise ValueError(
+            f"{folder / SUPERNET_META} is not a jaxdarts supernet description "
+            f"(format {meta.get('format')!r}, expected {SUPERNET_FORMAT!r})"
+        )
+    meta["image_shape"] = tuple(int(d) for d in meta["image_shape"])
+    if expect is not None:
+        _check_expect(folder, meta, expect)
+    init = supernet_init_fn(supernet_config_from_meta(meta), meta["image_shape"])
+    target = jax.eval_shape(init, jax.random.key(0))
+    return load_pytree(folder, target), meta

@@ -316,6 +316,11 @@ def from_darts_string(text: str) -> Genotype:
         if not isinstance(call, ast.Call):
             raise ValueError("not a Genotype(...) call")
         fields = list(Genotype._fields)
+        if len(call.args) > len(fields):
+            raise ValueError(f"at most {len(fields)} positional fields")
+        unknown = [k.arg for k in call.keywords if k.arg not in fields]
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; the fields are {fields}")
         kw = {fields[i]: ast.literal_eval(a) for i, a in enumerate(call.args)}
         kw.update({k.arg: ast.literal_eval(k.value) for k in call.keywords})
         return from_json_dict(kw)

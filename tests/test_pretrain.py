@@ -8,6 +8,7 @@ the same static settings, so the train and eval programs compile once per module
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -17,9 +18,12 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdarts import config as config_lib
 from jaxdarts import pretrain as P
-from jaxdarts.checkpoint import Checkpointer
+from jaxdarts import training as T
+from jaxdarts.checkpoint import Checkpointer, load_supernet, supernet_config_from_meta
 from jaxdarts.runs import ConfigMismatchError, RunExistsError
+from jaxdarts.tasks import supernet_config, supernet_task
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 20  # 160 training images / batch 8
@@ -39,18 +43,24 @@ def tiny_npz(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def cfg(tiny_npz) -> dict:
-    return P.make_config(
+    return _load(
         "quick",
-        dataset=f"npz:{tiny_npz}",
-        channels=4,
-        layers=1,
-        epochs=EPOCHS,
-        batch_size=8,
-        eval_batch_size=80,
-        steps_per_call=10,  # 2 chunks per epoch: lets a test stop mid-epoch
-        seed=SEED,
-        max_to_keep=None,
+        **{
+            "data.dataset": f"npz:{tiny_npz}",
+            "supernet.channels": 4,
+            "supernet.layers": 1,
+            "train.epochs": EPOCHS,
+            "train.batch_size": 8,
+            "train.eval_batch_size": 80,
+            "train.steps_per_call": 10,  # 2 chunks per epoch: a test stops mid-epoch
+            "seed": SEED,
+            "run.max_to_keep": "null",
+        },
     )
+
+
+def _load(preset: str, **overrides) -> dict:
+    return config_lib.load("pretrain", preset=preset, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +83,21 @@ def _restore_tree(ck: Checkpointer, step: int, run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     from jaxdarts.data import load_dataset, split_indices
 
-    ds = load_dataset(config["dataset"])
-    tr, va = split_indices(len(ds.train_labels), config["seed"])
-    setup = P.make_setup(
-        config, ds.image_shape, ds.num_classes, len(tr), len(va), ds.mean, ds.std
-    )
-    state = P.create_train_state(jax.random.key(0), setup, ds.image_shape)
+    ds = load_dataset(config["data"]["dataset"])
+    tr, _ = split_indices(len(ds.train_labels), config["seed"])
+    task = supernet_task(config, ds.num_classes)
+    setup = T.make_setup(config, ds.image_shape, len(tr), ds.mean, ds.std)
+    state = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
     target = {
         "state": state,
         "epoch": np.int32(0),
         "step": np.int32(0),
-        "sums": P._zero_sums(),
+        "sums": T.zero_sums(task),
         "best_acc": np.float64(0),
         "best_epoch": np.int32(0),
     }
     out = ck.restore(step, target)
-    out["setup"] = setup
+    out["setup"], out["task"] = setup, task
     out["image_shape"] = ds.image_shape
     return out
 
@@ -123,6 +132,7 @@ def test_outputs(straight):
             "valid_loss",
             "valid_acc",
             "images_per_s",
+            "compile_s",
             "time",
         ):
             assert math.isfinite(m[k]), k
@@ -130,7 +140,8 @@ def test_outputs(straight):
     assert meta["space"] == "darts" and meta["channels"] == 4 and meta["layers"] == 1
     assert meta["num_classes"] == 10 and meta["stem_multiplier"] == 3
     assert meta["swap_cells"] is False and meta["image_shape"] == [8, 8, 1]
-    assert meta["seed"] == SEED and meta["epoch"] == result["best_epoch"]
+    assert meta["seed"] == meta["split_seed"] == SEED
+    assert meta["compat"] is None and meta["epoch"] == result["best_valid_epoch"]
     assert len(meta["mean"]) == len(meta["std"]) == 1
     assert result["best_valid_acc"] == max(m["valid_acc"] for m in metrics[1:])
 
@@ -152,11 +163,11 @@ def test_lr_schedule(straight):
         e = m["epoch"] - 1
         want = lr_min + 0.5 * (lr0 - lr_min) * (1 + math.cos(math.pi * e / EPOCHS))
         assert m["lr"] == pytest.approx(want, rel=1e-6)
-    paper = P.make_config("paper")
+    paper = _load("paper")["optim"]
     assert paper["lr"] == 0.025 and paper["lr_min"] == 0.001
     for e in (0, 1, 10, 25, 49):
         want = 0.001 + 0.5 * (0.025 - 0.001) * (1 + math.cos(math.pi * e / 50))
-        assert float(P.learning_rate(paper, e)) == pytest.approx(want, rel=1e-6)
+        assert T.cosine_lr(0.025, 0.001, 50, e) == pytest.approx(want, rel=1e-12)
 
 
 def test_alphas_never_change(straight):
@@ -164,9 +175,9 @@ def test_alphas_never_change(straight):
     tree = _restore(out)
     setup = tree["setup"]
     state_key, _ = jax.random.split(jax.random.key(SEED))
-    init = P.create_train_state(state_key, setup, tree["image_shape"])
-    _assert_trees_equal(tree["state"].alphas, init.alphas)
-    a = np.asarray(init.alphas["normal"])
+    init = T.create_state(tree["task"], state_key, tree["image_shape"], setup)
+    _assert_trees_equal(tree["state"].extra["alphas"], init.extra["alphas"])
+    a = np.asarray(init.extra["alphas"]["normal"])
     assert a.shape == (14, 8) and 0.5e-3 < a.std() < 2e-3
     meta = json.loads((out / "supernet" / "supernet.json").read_text())
     np.testing.assert_array_equal(np.asarray(meta["alphas"]["normal"], np.float32), a)
@@ -182,25 +193,25 @@ def test_alphas_never_change(straight):
 
 def test_load_supernet_round_trip(straight):
     out, result = straight
-    variables, meta = P.load_supernet(out)
-    variables2, meta2 = P.load_supernet(out / "supernet")
+    variables, meta = load_supernet(out)
+    variables2, meta2 = load_supernet(out / "supernet")
     _assert_trees_equal(variables, variables2)
     assert meta == meta2
     assert set(variables) == {"params", "batch_stats"}
-    best = _restore(out, result["best_epoch"] * STEPS_PER_EPOCH)["state"]
+    best = _restore(out, result["best_valid_epoch"] * STEPS_PER_EPOCH)["state"]
     _assert_trees_equal(variables["params"], best.params)
     _assert_trees_equal(variables["batch_stats"], best.batch_stats)
     assert meta["image_shape"] == (8, 8, 1)
     # matching expectations pass, a SupernetConfig included
-    P.load_supernet(out, expect={"space": "darts", "channels": 4, "layers": 1})
-    P.load_supernet(out, expect=P.supernet_config_from_meta(meta, impl="shift"))
-    P.load_supernet(out, expect={"image_shape": [8, 8, 1], "num_classes": 10})
+    load_supernet(out, expect={"space": "darts", "channels": 4, "layers": 1})
+    load_supernet(out, expect=supernet_config_from_meta(meta, impl="shift"))
+    load_supernet(out, expect={"image_shape": [8, 8, 1], "num_classes": 10})
 
 
 def test_load_supernet_mismatch(straight):
     out, _ = straight
     with pytest.raises(ValueError) as err:
-        P.load_supernet(
+        load_supernet(
             out,
             expect={
                 "space": "s2",
@@ -224,15 +235,15 @@ def test_load_supernet_mismatch(straight):
         assert part in msg, (part, msg)
     assert "layers" not in msg
     with pytest.raises(ValueError, match="cannot check"):
-        P.load_supernet(out, expect={"colour": "red"})
+        load_supernet(out, expect={"colour": "red"})
 
 
 def test_load_supernet_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        P.load_supernet(tmp_path / "nope")
+        load_supernet(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no pre-trained supernet"):
-        P.load_supernet(tmp_path / "empty")
+        load_supernet(tmp_path / "empty")
 
 
 # ----------------------------------------------------------- resume, overwrite
@@ -264,10 +275,10 @@ def test_interrupt_and_resume_is_bitwise_exact(cfg, straight, tmp_path):
     ref = _restore(straight[0])
     got = _restore(out)
     _assert_trees_equal(got["state"], ref["state"])
-    va, _ = P.load_supernet(out)
-    vb, _ = P.load_supernet(straight[0])
+    va, _ = load_supernet(out)
+    vb, _ = load_supernet(straight[0])
     _assert_trees_equal(va, vb)
-    drop = ("time", "images_per_s")
+    drop = ("time", "images_per_s", "compile_s")
 
     def clean(path):
         lines = (path / "metrics.jsonl").read_text().splitlines()
@@ -280,10 +291,14 @@ def test_interrupt_and_resume_is_bitwise_exact(cfg, straight, tmp_path):
 
 def test_resume_refuses_changed_config(cfg, straight):
     with pytest.raises(ConfigMismatchError):
-        P.run(dict(cfg, lr=0.1), straight[0], resume=True)
+        P.run(
+            copy.deepcopy(cfg) | {"optim": dict(cfg["optim"], lr=0.1)},
+            straight[0],
+            resume=True,
+        )
 
 
-def test_refuses_to_overwrite(cfg, straight):
+def test_refuses_to_overwrite(cfg, straight, capsys):
     out, _ = straight
     before = (out / "config.json").read_text()
     t0 = time.perf_counter()
@@ -292,7 +307,9 @@ def test_refuses_to_overwrite(cfg, straight):
     assert time.perf_counter() - t0 < 5
     assert (out / "config.json").read_text() == before
     rc = P.main(["--preset", "quick", "--out", str(out), "--no-compile-cache"])
-    assert rc == 1
+    assert rc == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == before
 
 
 # ------------------------------------------------------------------------- CLI
@@ -300,47 +317,32 @@ def test_refuses_to_overwrite(cfg, straight):
 
 def test_cli_runs_and_stops(cfg, tiny_npz, tmp_path):
     out = tmp_path / "cli"
-    argv = [
-        "--preset",
-        "quick",
-        "--dataset",
-        f"npz:{tiny_npz}",
-        "--channels",
-        "4",
-        "--layers",
-        "1",
-        "--epochs",
-        str(EPOCHS),
-        "--batch-size",
-        "8",
-        "--seed",
-        str(SEED),
-        "--set",
-        "eval_batch_size=80",
-        "--set",
-        "steps_per_call=10",
-        "--set",
-        "max_to_keep=null",
-        "--stop-after",
-        "1",
-        "--out",
-        str(out),
-        "--no-compile-cache",
-    ]
+    argv = ["--preset", "quick", "--dataset", f"npz:{tiny_npz}", "--channels", "4"]
+    argv += ["--layers", "1", "--epochs", str(EPOCHS), "--batch-size", "8"]
+    argv += ["--seed", str(SEED), "--set", "train.eval_batch_size=80"]
+    argv += ["--set", "train.steps_per_call=10", "--set", "run.max_to_keep=null"]
+    argv += ["--stop-after", "1", "--out", str(out), "--no-compile-cache"]
     assert P.main(argv) == 0
     assert json.loads((out / "config.json").read_text()) == cfg
     assert (out / "supernet" / "supernet.json").is_file()
 
 
+def _exit_code(argv) -> int:
+    try:
+        return P.main(argv)
+    except SystemExit as e:  # argparse's own errors
+        return e.code
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--epochs", "0"], "epochs must be a positive integer"),
-        (["--set", "bogus=1"], "unknown config key 'bogus'; valid keys:"),
-        (["--set", "lr"], "--set needs key=value"),
-        (["--space", "nope"], "unknown search space 'nope'"),
+        (["--epochs", "0"], "train.epochs must be an integer >= 1"),
+        (["--set", "bogus=1"], "unknown config key 'bogus'"),
+        (["--set", "optim.lr"], "--set needs KEY=VALUE"),
+        (["--space", "nope"], "supernet.space must be one of"),
         (["--channels", "3"], "even number"),
-        (["--set", "momentum=1.5"], "momentum must be in [0, 1)"),
+        (["--set", "optim.momentum=1.5"], "optim.momentum must be a finite number"),
         (["--compat", "torch"], "invalid choice"),
         (["--mode", "darts2"], "invalid choice"),
         (["--resume", "/nonexistent/run"], "no config.json"),
@@ -356,39 +358,38 @@ def test_cli_bad_input_fails_fast(argv, message, capsys, monkeypatch):
 
     monkeypatch.setattr(jaxdarts.data, "load_dataset", no_data)
     t0 = time.perf_counter()
-    with pytest.raises(SystemExit) as e:
-        P.main(argv)
-    assert e.value.code == 2
+    assert _exit_code(argv) == 2
     assert time.perf_counter() - t0 < 5
     assert message in capsys.readouterr().err
 
 
-def test_make_config():
-    c = P.make_config("paper")
-    assert (c["dataset"], c["space"], c["channels"], c["layers"]) == (
-        "cifar10",
-        "darts",
-        16,
-        8,
+def test_config():
+    c = _load("paper")
+    assert (c["data"]["dataset"], c["supernet"]["space"]) == ("cifar10", "darts")
+    assert (c["supernet"]["channels"], c["supernet"]["layers"]) == (16, 8)
+    assert (c["train"]["epochs"], c["train"]["batch_size"]) == (50, 64)
+    assert (c["optim"]["momentum"], c["optim"]["weight_decay"]) == (0.9, 3e-4)
+    assert (c["optim"]["grad_clip"], c["augment"]["cutout"]) == (5.0, 0)
+    assert (c["supernet"]["alpha_std"], c["mode"]) == (1e-3, "weights")
+    assert supernet_config(_load("paper", compat="dartsrl"), 10).swap_cells
+    # The quick supernet is the one search's quick preset expects.
+    q = _load("quick")["supernet"]
+    s = config_lib.load("search", preset="quick")["supernet"]
+    assert (q["space"], q["channels"], q["layers"]) == (
+        s["space"],
+        s["channels"],
+        s["layers"],
     )
-    assert (c["epochs"], c["batch_size"], c["momentum"], c["weight_decay"]) == (
-        50,
-        64,
-        0.9,
-        3e-4,
-    )
-    assert (c["grad_clip"], c["cutout"], c["alpha_std"], c["mode"]) == (
-        5.0,
-        0,
-        1e-3,
-        "weights",
-    )
-    assert P.supernet_config(P.make_config("paper", compat="dartsrl"), 10).swap_cells
-    assert P.make_config("quick", space="NAS_Bench_201")["space"] == "nas-bench-201"
-    with pytest.raises(ValueError, match="valid keys"):
-        P.make_config("paper", nope=1)
-    with pytest.raises(ValueError, match="unknown preset"):
-        P.make_config("fast")
+    with pytest.raises(config_lib.ConfigError, match="known keys"):
+        _load("paper", nope=1)
+    with pytest.raises(config_lib.ConfigError, match="unknown preset"):
+        _load("fast")
+
+
+def test_print_config(capsys):
+    assert P.main(["--preset", "quick", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "supernet.channels" in text and "alpha_std" in text
 
 
 # ---------------------------------------------------------------- darts1 mode
@@ -398,46 +399,67 @@ def test_darts1_mode_trains_alphas_and_weights():
     """First-order DARTS steps (one cell, C=2, one compile of ``train_step``)."""
     from sklearn.datasets import load_digits
 
-    config = P.make_config(
+    config = _load(
         "quick",
         mode="darts1",
-        channels=2,
-        layers=1,
-        batch_size=16,
-        arch_lr=0.05,
-        seed=SEED,
+        **{"supernet.channels": 2, "supernet.layers": 1, "train.batch_size": 16},
+        **{"arch.lr": 0.05, "seed": SEED},
     )
     d = load_digits()
     images = np.rint(d.images[:16] * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = d.target[:16].astype(np.int32)
-    setup = P.make_setup(config, (8, 8, 1), 10, 16, 16, (0.3,), (0.4,))
-    state0 = P.create_train_state(jax.random.key(0), setup, (8, 8, 1))
-    assert jax.tree.leaves(state0.arch_opt_state)
-    step = jax.jit(P.train_step, static_argnames=("setup",))
+    task = supernet_task(config, 10)
+    setup = T.make_setup(config, (8, 8, 1), 16, (0.3,), (0.4,), num_valid=16)
+    state0 = T.create_state(task, jax.random.key(0), (8, 8, 1), setup)
+    assert jax.tree.leaves(state0.extra["arch_opt"])
+    step = jax.jit(T.train_step, static_argnames=("task", "setup"))
 
     def train(lr: float, n: int):
         state, arch_losses, losses = state0, [], []
         for j in range(n):
+            hyper = {"lr": np.float32(lr)}
             state, m = step(
-                state, images, labels, jax.random.key(j), lr, setup, images, labels
-            )
+                state, images, labels, jax.random.key(j), hyper, task, setup,
+                images, labels,
+            )  # fmt: skip
             arch_losses.append(float(m["arch_loss_sum"]) / 16)
             losses.append(float(m["loss_sum"]) / 16)
         return state, arch_losses, losses
+
+    def alphas(state):
+        return np.asarray(state.extra["alphas"]["reduce"])
 
     # Weights frozen (lr 0): the alpha steps alone lower the loss.
     state, arch_losses, _ = train(0.0, 6)
     assert arch_losses[-1] < arch_losses[0] - 1e-3, arch_losses
     _assert_trees_equal(state.params, state0.params)
-    moved = np.abs(np.asarray(state.alphas["reduce"] - state0.alphas["reduce"]))
-    assert moved.max() > 0.1  # Adam steps of ~arch_lr, far beyond the 1e-3 init
+    assert np.abs(alphas(state) - alphas(state0)).max() > 0.1  # steps of ~arch.lr
     # Both steps: alphas and weights change, the loss goes down.
     state, arch_losses, losses = train(0.05, 6)
     assert not np.array_equal(
         np.asarray(state.params["head"]["Dense_0"]["kernel"]),
         np.asarray(state0.params["head"]["Dense_0"]["kernel"]),
     )
-    assert not np.array_equal(
-        np.asarray(state.alphas["reduce"]), np.asarray(state0.alphas["reduce"])
-    )
+    assert not np.array_equal(alphas(state), alphas(state0))
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+# ------------------------------------------------------------ README pattern
+
+
+@pytest.mark.slow
+def test_quick_preset_supernet_loads_for_search_quick(tmp_path):
+    """``pretrain --preset quick`` (1 epoch) writes the supernet that a
+    ``search --preset quick`` config asks for."""
+    out = tmp_path / "pre"
+    argv = ["--preset", "quick", "--set", "train.epochs=1", "--out", str(out)]
+    assert P.main([*argv, "--no-compile-cache"]) == 0
+    search = config_lib.load("search", preset="quick", variant="disc-ckpt-acc")
+    net = search["supernet"]
+    expect = {k: net[k] for k in ("space", "channels", "layers")}
+    expect.update(num_classes=10, swap_cells=search["compat"] == "dartsrl")
+    variables, meta = load_supernet(out, expect=expect)
+    assert (meta["channels"], meta["layers"]) == (4, 3)
+    assert meta["split_seed"] == _load("quick")["seed"] and meta["compat"] is None
+    net_config = supernet_config_from_meta(meta, impl="xla")
+    assert net_config.stem_multiplier == 3 and variables["params"]

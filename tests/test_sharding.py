@@ -121,16 +121,17 @@ _SEARCH = textwrap.dedent(
 
 _PRETRAIN = textwrap.dedent(
     """
-    from jaxdarts import pretrain as PT
+    from jaxdarts import config as C, tasks, training as T
     from jaxdarts.data import load_dataset
 
     ds = load_dataset("digits")
-    config = PT.make_config("quick", channels=4, layers=1, batch_size=16)
-    setup = PT.make_setup(config, ds.image_shape, ds.num_classes, 400, 400,
-                          ds.mean, ds.std)
-    state0 = PT.create_train_state(jax.random.key(0), setup, ds.image_shape)
+    over = {"supernet.channels": 4, "supernet.layers": 1, "train.batch_size": 16}
+    config = C.load("pretrain", preset="quick", overrides=over)
+    task = tasks.supernet_task(config, ds.num_classes)
+    setup = T.make_setup(config, ds.image_shape, 400, ds.mean, ds.std)
+    state0 = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
     x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
-    step = jax.jit(PT.train_step, static_argnames=("setup",))
+    step = jax.jit(T.train_step, static_argnames=("task", "setup"))
     info = {}
     for n in (1, 4):
         mesh = S.make_mesh(n)
@@ -138,7 +139,8 @@ _PRETRAIN = textwrap.dedent(
         x, y = S.shard_batch(x0, y0, mesh)
         info[f"x_spec{n}"] = spec(x)
         for _ in range(2):
-            s, m = step(s, x, y, jax.random.key(3), jnp.float32(0.05), setup=setup)
+            hyper = {"lr": jnp.float32(0.05)}
+            s, m = step(s, x, y, jax.random.key(3), hyper, task=task, setup=setup)
         save(f"pretrain{n}", (s, m))
         info[f"param_specs{n}"] = specs(s.params)
     json.dump(info, open(f"{OUT}/info.json", "w"))
@@ -147,25 +149,28 @@ _PRETRAIN = textwrap.dedent(
 
 _EVALNET = textwrap.dedent(
     """
-    from jaxdarts import train as T
+    from jaxdarts import config as C, tasks, training as T
     from jaxdarts.data import load_dataset
+    from jaxdarts.genotypes import get_genotype, to_json_dict
 
     ds = load_dataset("digits")
-    config = T.make_config("quick", genotype="disc-nwot", channels=4, layers=1,
-                           batch_size=16, identity_dropout=0.2, drop_path=0.2)
-    setup = T.make_setup(config, ds.image_shape, ds.num_classes, 400, ds.mean, ds.std)
-    state0 = T.create_train_state(jax.random.key(0), config, None, ds.image_shape,
-                                  ds.num_classes)
+    over = {"genotype": to_json_dict(get_genotype("disc-nwot")), "net.channels": 4,
+            "net.layers": 1, "train.batch_size": 16, "net.identity_dropout": 0.2,
+            "net.drop_path": 0.2}
+    config = C.load("train", preset="quick", overrides=over)
+    task = tasks.evalnet_task(config, ds.num_classes)
+    setup = T.make_setup(config, ds.image_shape, 400, ds.mean, ds.std)
+    state0 = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
     x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
-    step = jax.jit(T.train_step, static_argnames=("setup",))
+    step = jax.jit(T.train_step, static_argnames=("task", "setup"))
     info = {}
     for n in (1, 4):
         mesh = S.make_mesh(n)
         s = S.replicate(state0, mesh)
         x, y = S.shard_batch(x0, y0, mesh)
         for _ in range(2):
-            s, m = step(s, x, y, jax.random.key(3), jnp.float32(0.05),
-                        jnp.float32(0.1), setup=setup)
+            hyper = {"lr": jnp.float32(0.05), "drop_path": jnp.float32(0.1)}
+            s, m = step(s, x, y, jax.random.key(3), hyper, task=task, setup=setup)
         save(f"evalnet{n}", (s, m))
         info[f"param_specs{n}"] = specs(s.params)
     json.dump(info, open(f"{OUT}/info.json", "w"))

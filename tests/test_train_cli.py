@@ -14,27 +14,33 @@ import jax
 import numpy as np
 import pytest
 
+from jaxdarts import config as config_lib
 from jaxdarts import train
+from jaxdarts import training as T
+from jaxdarts.tasks import evalnet_task
 
 # Tiny settings on top of --preset quick: 1 (reduction) cell of 4 channels, so that
 # XLA:CPU compiles fast; 16 steps per jitted call (44 steps per epoch at batch 32,
 # so an epoch is 3 calls). tests/test_evalnet.py covers the deeper networks.
 TINY = ["--preset", "quick", "--channels", "4", "--layers", "1"]
-TINY += ["--set", "steps_per_call=16", "--no-compile-cache"]
+TINY += ["--set", "train.steps_per_call=16", "--no-compile-cache"]
 GENOTYPE = "disc-acc"
 # Measured: 3 epochs of TINY reach 0.87 test accuracy on digits (seed 0; chance 0.1;
 # 2 cells: 0.95, the full quick preset: 0.98-0.99 after 10 epochs).
 MIN_ACCURACY = 0.6
 
 
+def _load(preset: str = "quick", genotype=GENOTYPE, **overrides) -> dict:
+    from jaxdarts.genotypes import load_genotype, to_json_dict
+
+    g = {"genotype": to_json_dict(load_genotype(genotype)), "genotype_source": genotype}
+    return config_lib.load("train", preset=preset, overrides={**g, **overrides})
+
+
 def _config(epochs: int) -> dict:
-    return train.make_config(
-        "quick",
-        genotype=GENOTYPE,
-        channels=4,
-        layers=1,
-        epochs=epochs,
-        steps_per_call=16,
+    return _load(
+        **{"net.channels": 4, "net.layers": 1, "train.epochs": epochs},
+        **{"train.steps_per_call": 16},
     )
 
 
@@ -51,13 +57,16 @@ def _final_params(run_dir) -> dict:
 
 def _target():
     config = _config(4)
-    state = train.create_train_state(jax.random.key(0), config, None, (8, 8, 1), 10)
+    task = evalnet_task(config, 10)
+    setup = T.make_setup(config, (8, 8, 1), 1437, (0.5,), (0.5,))
+    state = T.create_state(task, jax.random.key(0), (8, 8, 1), setup)
     return {
         "state": state,
         "epoch": np.int32(0),
         "step": np.int32(0),
-        "sums": train._zero_sums(),
-        "key": jax.random.key(0),
+        "sums": T.zero_sums(task),
+        "best_acc": np.float64(0),
+        "best_epoch": np.int32(0),
     }
 
 
@@ -101,13 +110,13 @@ def test_quick_end_to_end(quick_run):
     ]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     keys = {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"}
-    keys |= {"images_per_s", "time"}
+    keys |= {"images_per_s", "compile_s", "time", "test_top5", "best_test_acc"}
     assert keys <= set(records[0])
     assert records[-1]["test_acc"] == result["test_accuracy"]
     # Cosine per epoch: lr(e) = 0.05 * (1 + cos(pi * e / 3)) / 2.
     np.testing.assert_allclose([r["lr"] for r in records], [0.05, 0.0375, 0.0125])
     config = json.loads((out / "config.json").read_text())
-    assert config["genotype_source"] == GENOTYPE and config["channels"] == 4
+    assert config["genotype_source"] == GENOTYPE and config["net"]["channels"] == 4
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert seconds < 120
 
@@ -116,13 +125,14 @@ def test_refuses_to_overwrite(quick_run, capsys):
     out, _, _ = quick_run
     before = (out / "result.json").read_text()
     rc = train.main(["--genotype", GENOTYPE, *TINY, "--epochs", "1", "--out", str(out)])
-    assert rc == 1
+    assert rc == 2
     assert "already exists" in capsys.readouterr().err
     assert (out / "result.json").read_text() == before
     # A changed config is refused on resume.
     rc = train.main(["--resume", str(out), "--epochs", "5", "--no-compile-cache"])
-    assert rc == 1
-    assert "epochs" in capsys.readouterr().err
+    assert rc == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert (out / "result.json").read_text() == before
 
 
 def test_resume_is_bitwise_exact(tmp_path):
@@ -164,18 +174,26 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
 
 
+def _exit_code(argv) -> int:
+    try:
+        return train.main(argv)
+    except SystemExit as e:  # argparse's own errors
+        return e.code
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["--genotype", "no-such-genotype"], "unknown genotype"),
         (["--genotype", "disc-nwot", "--preset", "huge"], "invalid choice"),
-        (["--genotype", "disc-nwot", "--epochs", "-3"], "epochs must be a positive"),
-        (["--genotype", "disc-nwot", "--batch-size", "0"], "batch_size must be"),
-        (["--genotype", "disc-nwot", "--drop-path", "1.5"], "drop_path must be in"),
-        (["--genotype", "disc-nwot", "--cutout", "-1"], "cutout must be >= 0"),
+        (["--genotype", "disc-nwot", "--epochs", "-3"], "train.epochs must be"),
+        (["--genotype", "disc-nwot", "--batch-size", "0"], "train.batch_size must"),
+        (["--genotype", "disc-nwot", "--drop-path", "1.5"], "net.drop_path must be"),
+        (["--genotype", "disc-nwot", "--cutout", "-1"], "augment.cutout must be"),
         (["--genotype", "disc-nwot", "--set", "nope=1"], "unknown config key"),
-        (["--genotype", "disc-nwot", "--set", "lr"], "key=value"),
+        (["--genotype", "disc-nwot", "--set", "optim.lr"], "KEY=VALUE"),
         (["--genotype", "missing.json"], "does not exist"),
+        (["--genotype", "Genotype(normal=[], normal_concatt=[2])"], "normal_concatt"),
         (["--epochs", "3"], "--genotype is required"),
         (["--resume", "/nonexistent/run"], "no config.json"),
     ],
@@ -188,9 +206,7 @@ def test_bad_cli_input_fails_fast(argv, message, capsys, monkeypatch):
 
     monkeypatch.setattr(jaxdarts.data, "load_dataset", no_data)
     t0 = time.perf_counter()
-    with pytest.raises(SystemExit) as e:
-        train.main(argv)
-    assert e.value.code == 2
+    assert _exit_code(argv) == 2
     assert message in capsys.readouterr().err
     assert time.perf_counter() - t0 < 5
 
@@ -206,16 +222,20 @@ def test_bad_genotype_file(tmp_path, capsys, pairs, message):
     good = [["sep_conv_3x3", 0], ["skip_connect", 1]] * 4
     path = tmp_path / "genotype.json"
     path.write_text(json.dumps({"normal": pairs + good[2:], "reduce": good}))
-    with pytest.raises(SystemExit) as e:
-        train.main(["--genotype", str(path), "--preset", "quick"])
-    assert e.value.code == 2
+    assert _exit_code(["--genotype", str(path), "--preset", "quick"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_print_config(capsys):
+    assert train.main(["--genotype", "disc-nwot", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "net.drop_path" in text and "optim.lr" in text
 
 
 def test_optimizer_matches_torch_sgd():
     """clip (on the raw gradient) -> + wd * w -> momentum buffer -> w -= lr * b."""
     cfg = {"grad_clip": 1.0, "weight_decay": 0.1, "momentum": 0.9}
-    tx = train.make_optimizer(cfg)
+    tx = T.sgd(cfg)
     w = {"a": np.array([1.0, -2.0], np.float32)}
     g = {"a": np.array([3.0, 4.0], np.float32)}  # norm 5 -> clipped to [0.6, 0.8]
     state = tx.init(w)
@@ -225,38 +245,37 @@ def test_optimizer_matches_torch_sgd():
     u, state = tx.update(g, state, w)
     # b2 = 0.9 * b1 + (clip(g) + wd * w) = 1.9 * b1
     np.testing.assert_allclose(u["a"], [1.33, 1.14], rtol=1e-6)
-    cfg = {"lr": 0.025, "lr_min": 0.0, "epochs": 600}
-    assert train.learning_rate(cfg, 0) == 0.025
-    np.testing.assert_allclose(train.learning_rate(cfg, 300), 0.0125)
-    assert train.learning_rate(cfg, 600) < 1e-12
+    assert T.cosine_lr(0.025, 0.0, 600, 0) == 0.025
+    np.testing.assert_allclose(T.cosine_lr(0.025, 0.0, 600, 300), 0.0125)
+    assert T.cosine_lr(0.025, 0.0, 600, 600) < 1e-12
 
 
 def test_host_init_matches_flax_init():
     """The NumPy init draws from the distributions of the modules' initialisers."""
-    from jaxdarts.genotypes import Genotype
+    from jaxdarts.genotypes import Genotype, to_darts_string
 
     pairs = (("dil_conv_3x3", 1), ("skip_connect", 0), ("max_pool_3x3", 1))
     pairs += (("skip_connect", 2),) + (("dil_conv_3x3", 1), ("skip_connect", 0)) * 2
-    g = Genotype(pairs, (2, 3, 4, 5), pairs, (2, 3, 4, 5))
-    kw = dict(genotype=g, channels=2, layers=1, impl="xla")
+    g = to_darts_string(Genotype(pairs, (2, 3, 4, 5), pairs, (2, 3, 4, 5)))
+    kw = {"net.channels": 2, "net.layers": 1, "net.impl": "xla"}
     # unsafe_rbg: the distributions are what matters, and threefry's per-parameter
     # kernels take XLA:CPU ~10 s to compile even for this network.
     key = jax.random.key(3, impl="unsafe_rbg")
     states = {
-        init: train.create_train_state(
-            key, train.make_config("quick", init=init, **kw), None, (8, 8, 1), 10
+        init: evalnet_task(_load(genotype=g, **kw, **{"net.init": init}), 10).init(
+            key, (8, 8, 1)
         )
         for init in ("host", "flax")
     }
-    host, ref = states["host"], states["flax"]
-    assert jax.tree.structure(host) == jax.tree.structure(ref)
-    _assert_trees_equal(host.batch_stats, ref.batch_stats)
+    (host_p, host_bs, _), (ref_p, ref_bs, _) = states["host"], states["flax"]
+    assert jax.tree.structure(host_p) == jax.tree.structure(ref_p)
+    _assert_trees_equal(host_bs, ref_bs)
     kinds = set()
-    flat_ref = dict(jax.tree_util.tree_flatten_with_path(ref.params)[0])
-    for path, h in jax.tree_util.tree_flatten_with_path(host.params)[0]:
+    flat_ref = dict(jax.tree_util.tree_flatten_with_path(ref_p)[0])
+    for path, h in jax.tree_util.tree_flatten_with_path(host_p)[0]:
         r = flat_ref[path]
         assert h.shape == r.shape and h.dtype == r.dtype == np.float32
-        parent = host.params
+        parent = host_p
         for p in path[:-1]:
             parent = parent[p.key]
         name = path[-1].key
