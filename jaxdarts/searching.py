@@ -418,6 +418,25 @@ def summary_items(summary: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 # ----------------------------------------------------------------------- run
+def _initial_state(run: SearchRun, ckpt, resume: bool):
+    """The agents and envs of every seed, fresh or restored from the newest
+    checkpoint (whose later metrics are dropped); returns ``(state, chunk_jit)``."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg, setup = run.cfg, run.setup
+    log.info("initialising the agents and envs (compiling the init)...")
+    init_jit, chunk_jit = make_programs(setup, cfg["run"]["top_k"])
+    keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
+    state = init_jit(keys, setup.env_params)
+    step = ckpt.latest_step() if resume else None
+    if step is not None:
+        state, run.done_updates = ckpt.restore(step, state), step
+        run.run_dir.truncate_metrics(step, key="update")
+        log.info("resumed from update %d", step)
+    return state, chunk_jit
+
+
 def _open_run(cfg, out, resume: bool, overwrite: bool):
     from jaxdarts.configs.search import RESUME_MAY_CHANGE
     from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir
@@ -459,9 +478,6 @@ def run(
     run_dir = _open_run(cfg, out, resume, overwrite)
     runs.setup_logging(run_dir.path)
     runs.enable_compilation_cache()
-    import jax
-    import jax.numpy as jnp
-
     total = max(1, math.ceil(cfg["run"]["total_steps"] / setup.steps_per_update))
     srun = SearchRun(cfg, setup, run_dir, total)
     if tensorboard:
@@ -476,15 +492,8 @@ def run(
         setup.steps_per_update,
     )
     t0 = time.time()
-    init_jit, chunk_jit = make_programs(setup, cfg["run"]["top_k"])
-    keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
-    state = init_jit(keys, setup.env_params)
     ckpt = run_dir.checkpointer()
-    step = ckpt.latest_step() if resume else None
-    if step is not None:
-        state, srun.done_updates = ckpt.restore(step, state), step
-        run_dir.truncate_metrics(step, key="update")
-        log.info("resumed from update %d", step)
+    state, chunk_jit = _initial_state(srun, ckpt, resume)
     state, env_params = _shard(state, setup.env_params, devices, setup.env)
     try:
         state, interrupted = train_loop(srun, chunk_jit, state, env_params, ckpt)
@@ -498,6 +507,7 @@ def run(
                 run_dir.path,
             )
             return {"interrupted": True, "update": srun.done_updates}
+        log.info("compiling and playing the final policy rollouts...")
         results = final_architectures(srun, state, env_params)
         summary = write_outputs(srun, results, time.time() - t0)
     finally:

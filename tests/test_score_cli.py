@@ -197,7 +197,8 @@ def test_supernet_checkpoint(cli_run, files, genotypes, ckpt):
     path, variables = ckpt
     argv = [a for g in genotypes for a in ("--genotype", g)]
     out = files["dir"] / "ckpt.json"
-    common = ["--preset", "quick", "--supernet-ckpt", str(path), "--batch-size", "16"]
+    common = ["--preset", "quick", "--supernet-ckpt", str(path), "--layers", "2"]
+    common += ["--batch-size", "16"]
     rc, _ = run_main(
         [*argv, *common, "--impl", "xla", "--seeds", "2", *QUIET, "--json", str(out)]
     )

@@ -1,5 +1,8 @@
 """End-to-end search runs on shrunk configs (digits, a 1-cell supernet)."""
 
+import contextlib
+import importlib.util
+import io
 import json
 
 import jax
@@ -154,22 +157,34 @@ def test_setup_takes_classes_and_crop_from_the_data():
     assert jax.tree.leaves(setup.env_params.variables)[0].shape[0] == 1  # seeds
 
 
+HAVE_TB = importlib.util.find_spec("tensorboardX") is not None
+STDOUT: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "straight"
-    assert search.main(TINY + ["--out", str(out)]) == 0
+    argv = TINY + ["--out", str(out)] + (["--tensorboard"] if HAVE_TB else [])
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert search.main(argv) == 0
+    STDOUT["straight"] = text.getvalue()
     return out
 
 
-def test_end_summary_is_printed(tmp_path, capsys):
-    # the module fixture's own run printed it; re-read from a fresh tiny run's stdout
-    out = tmp_path / "s"
-    argv = TINY + ["--set", "run.total_steps=128", "--out", str(out)]
-    assert search.main(argv) == 0
-    text = capsys.readouterr().out
-    assert "search finished in" in text
-    for word in ("genotype", "its reward", "at the start", "wall time", str(out)):
-        assert word in text
+def test_end_summary_is_printed(straight):
+    text = STDOUT["straight"]
+    assert "compiling the search program" in text
+    summary = text[text.index("search finished in") :]
+    for word in ("genotype", "its reward", "at the start", "wall time", str(straight)):
+        assert word in summary
+    genotype = json.load(open(straight / "genotype.json"))["genotype"]
+    assert genotype in summary
+
+
+@pytest.mark.skipif(not HAVE_TB, reason="the tensorboard extra is not installed")
+def test_tensorboard_events_are_written(straight):
+    assert list((straight / "tb").glob("events.out.tfevents.*"))
 
 
 def test_disc_run_folder(straight):
