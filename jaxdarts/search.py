@@ -102,6 +102,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from jaxdarts.sharding import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # multi-host runs: see README "Scaling out"
+    if args.resume:
+        searching.check_resume(cfg, args.resume)
     with cli.usage_errors():
         setup = searching.prepare(cfg, args.devices, args.tensorboard)
     result = searching.run(

@@ -28,6 +28,7 @@ from jaxdarts import build
 __all__ = [
     "SearchRun",
     "prepare",
+    "check_resume",
     "top_k_track",
     "make_programs",
     "train_loop",
@@ -77,6 +78,21 @@ def prepare(
 
         check_tensorboard()
     return build.search_setup(cfg)
+
+
+def check_resume(cfg: dict[str, Any], path: str) -> None:
+    """Refuses (before any work) a ``--resume`` whose config changes keys other
+    than ``RESUME_MAY_CHANGE``, listing the differences."""
+    import json
+
+    from jaxdarts.configs.search import RESUME_MAY_CHANGE
+    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, ConfigMismatchError, config_diff
+
+    with open(os.path.join(path, "config.json")) as f:
+        saved = json.load(f)
+    diff = config_diff(saved, cfg, DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE)
+    if diff:
+        raise ConfigMismatchError(diff, path)
 
 
 def default_out(cfg: dict[str, Any]) -> str:
@@ -474,7 +490,10 @@ def run(
     """
     from jaxdarts import runs
 
-    setup = setup or prepare(cfg, devices, tensorboard)
+    if setup is None:
+        if resume:
+            check_resume(cfg, out)
+        setup = prepare(cfg, devices, tensorboard)
     run_dir = _open_run(cfg, out, resume, overwrite)
     runs.setup_logging(run_dir.path)
     runs.enable_compilation_cache()
