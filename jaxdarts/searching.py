@@ -88,7 +88,10 @@ def check_resume(cfg: dict[str, Any], path: str) -> None:
     from jaxdarts.configs.search import RESUME_MAY_CHANGE
     from jaxdarts.runs import DEFAULT_RESUME_IGNORE, ConfigMismatchError, config_diff
 
-    with open(os.path.join(path, "config.json")) as f:
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        return  # RunDir.resume says that it is not a run folder
+    with open(file) as f:
         saved = json.load(f)
     diff = config_diff(saved, cfg, DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE)
     if diff:
