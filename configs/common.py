@@ -15,3 +15,11 @@ QUICK_SUPERNET = {"channels": 4, "layers": 3}
 
 #: Search spaces a supernet can be built for.
 SPACES = ("darts", "s1", "s2", "s3", "s4", "nas-bench-201")
+
+#: Forms of the depthwise conv / pooling ops (``auto``: ``loop`` on CPU, ``xla``
+#: elsewhere).
+IMPLS = ("auto", "loop", "shift", "xla")
+
+#: Reward kinds and NWOT flavours.
+REWARDS = ("nwot", "acc", "loss")
+NWOT_FLAVOURS = ("reference", "original")

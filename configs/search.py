@@ -6,9 +6,16 @@ setting (its values where the paper states one, the reference code's elsewhere);
 ``quick`` is a small supernet on the embedded digits data: minutes on a 2-core CPU.
 """
 
-from jaxdarts.config import ConfigError, Key
+from jaxdarts.configs.common import (
+    IMPLS,
+    NWOT_FLAVOURS,
+    QUICK_DATA,
+    QUICK_SUPERNET,
+    REWARDS,
+    SPACES,
+)
 
-from jaxdarts.configs.common import QUICK_DATA, QUICK_SUPERNET, SPACES
+from jaxdarts.config import ConfigError, Key
 
 
 def get_config() -> dict:
@@ -115,65 +122,113 @@ RESUME_MAY_CHANGE = ("data.data_dir", "run.total_steps")
 _POS = {"type": "int", "lo": 1}
 
 SCHEMA: dict[str, Key] = {
-    "variant": Key("the paper's variant (env kind, reward, weight step)", "str",
-                   choices=tuple(VARIANTS)),
-    "preset": Key("the preset the config started from", "str",
-                  choices=("paper", "quick")),
+    "variant": Key(
+        "the paper's variant (env kind, reward, weight step)",
+        "str",
+        choices=tuple(VARIANTS),
+    ),
+    "preset": Key(
+        "the preset the config started from", "str", choices=("paper", "quick")
+    ),
     "seed": Key("seed of the supernet init, split, envs and agent", "int", lo=0),
     "seeds": Key("independent searches run together in one compiled program", **_POS),
-    "compat": Key("'dartsrl': the reference code's normal/reduce alpha swap and a "
-                  "weight step every sweep; null: the paper's semantics", "str",
-                  choices=("dartsrl",), nullable=True),
+    "compat": Key(
+        "'dartsrl': the reference code's normal/reduce alpha swap and a "
+        "weight step every sweep; null: the paper's semantics",
+        "str",
+        choices=("dartsrl",),
+        nullable=True,
+    ),
     "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
-    "data.data_dir": Key("TFDS data folder (null: TFDS's default)", "str",
-                         nullable=True),
+    "data.data_dir": Key(
+        "TFDS data folder (null: TFDS's default)", "str", nullable=True
+    ),
     "supernet.space": Key("search space", "str", choices=SPACES),
     "supernet.channels": Key("initial channels C of the supernet", "int", lo=2),
     "supernet.layers": Key("number of cells of the supernet", **_POS),
-    "supernet.impl": Key("depthwise conv / pooling form of the ops (auto: fastest "
-                         "for the backend)", "str"),
-    "supernet.checkpoint": Key("pre-trained supernet folder (python -m "
-                               "jaxdarts.pretrain); null: untrained supernet", "str",
-                               nullable=True),
-    "env.kind": Key("discrete: an action assigns one op to the next edge; "
-                    "continuous: an action nudges one edge's alphas", "str",
-                    choices=("discrete", "continuous")),
-    "env.reward": Key("episode-end reward on a validation batch", "str",
-                      choices=("nwot", "acc", "loss")),
+    "supernet.impl": Key(
+        "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
+        "str",
+        choices=IMPLS,
+    ),
+    "supernet.checkpoint": Key(
+        "pre-trained supernet folder (python -m "
+        "jaxdarts.pretrain); null: untrained supernet",
+        "str",
+        nullable=True,
+    ),
+    "env.kind": Key(
+        "discrete: an action assigns one op to the next edge; "
+        "continuous: an action nudges one edge's alphas",
+        "str",
+        choices=("discrete", "continuous"),
+    ),
+    "env.reward": Key(
+        "episode-end reward on a validation batch", "str", choices=REWARDS
+    ),
     "env.num_envs": Key("environments run in lockstep", **_POS),
     "env.batch_size": Key("validation images per reward", "int", lo=1, hi=4096),
-    "env.sentinel": Key("logit a discrete action writes for the chosen op (the "
-                        "others stay near 0, so softmax is one-hot)", "float",
-                        lo=0, lo_open=True),
-    "env.alpha_std": Key("alphas are drawn as alpha_std * N(0, 1) at every reset",
-                         "float", lo=0),
-    "env.lam": Key("lambda: a continuous action changes an alpha by lam * a",
-                   "float", lo=0, lo_open=True),
+    "env.sentinel": Key(
+        "logit a discrete action writes for the chosen op (the "
+        "others stay near 0, so softmax is one-hot)",
+        "float",
+        lo=0,
+        lo_open=True,
+    ),
+    "env.alpha_std": Key(
+        "alphas are drawn as alpha_std * N(0, 1) at every reset", "float", lo=0
+    ),
+    "env.lam": Key(
+        "lambda: a continuous action changes an alpha by lam * a",
+        "float",
+        lo=0,
+        lo_open=True,
+    ),
     "env.sweeps": Key("continuous episodes: sweeps over the 28 edges", **_POS),
     "env.frame_stack": Key("continuous observations: frames stacked", **_POS),
-    "env.grad_obs": Key("continuous: add the alphas' validation-loss gradient to "
-                        "the observation", "bool"),
-    "env.weight_step": Key("continuous: SGD step on the supernet weights "
-                           "every weight_step_period sweeps", "bool"),
+    "env.grad_obs": Key(
+        "continuous: add the alphas' validation-loss gradient to the observation",
+        "bool",
+    ),
+    "env.weight_step": Key(
+        "continuous: SGD step on the supernet weights every weight_step_period sweeps",
+        "bool",
+    ),
     "env.weight_step_period": Key("sweeps between weight steps", **_POS),
-    "env.augment_valid": Key("crop + flip the validation batch (as the reference)",
-                             "bool"),
-    "env.reward_path": Key("discrete: run only the chosen op per edge; dense: every "
-                           "op, weighted (vmaps over architectures)", "str",
-                           choices=("discrete", "dense")),
-    "env.nwot_flavour": Key("reference: eval-mode BN on a fresh batch per reward; "
-                            "original: Mellor et al. (train-mode BN, one fixed "
-                            "un-augmented batch of 128)", "str",
-                            choices=("reference", "original")),
-    "env.invalid_reward": Key("reward of an architecture whose score is not finite "
-                              "(null: the reward kind's default, below every valid "
-                              "reward)", "float", nullable=True),
-    "env.reward_norm": Key("normalise the episode reward per env (running std, "
-                           "clipped to +-10; not in the paper)", "bool"),
-    "ppo.learning_rate": Key("Adam learning rate (constant)", "float", lo=0,
-                             lo_open=True, hi=1),
-    "ppo.transitions_per_update": Key("env steps per PPO update, all envs "
-                                      "together (the paper: 2048)", **_POS),
+    "env.augment_valid": Key(
+        "crop + flip the validation batch (as the reference)", "bool"
+    ),
+    "env.reward_path": Key(
+        "discrete: run only the chosen op per edge; dense: every "
+        "op, weighted (vmaps over architectures)",
+        "str",
+        choices=("discrete", "dense"),
+    ),
+    "env.nwot_flavour": Key(
+        "reference: eval-mode BN on a fresh batch per reward; "
+        "original: Mellor et al. (train-mode BN, one fixed "
+        "un-augmented batch of 128)",
+        "str",
+        choices=NWOT_FLAVOURS,
+    ),
+    "env.invalid_reward": Key(
+        "reward of an architecture whose score is not finite "
+        "(null: the reward kind's default, below every valid "
+        "reward)",
+        "float",
+        nullable=True,
+    ),
+    "env.reward_norm": Key(
+        "normalise the episode reward per env (running std, "
+        "clipped to +-10; not in the paper)",
+        "bool",
+    ),
+    "ppo.learning_rate": Key(
+        "Adam learning rate (constant)", "float", lo=0, lo_open=True, hi=1
+    ),
+    "ppo.transitions_per_update": Key(
+        "env steps per PPO update, all envs together (the paper: 2048)", **_POS
+    ),
     "ppo.batch_size": Key("PPO minibatch size", **_POS),
     "ppo.n_epochs": Key("PPO epochs per update", **_POS),
     "ppo.gamma": Key("discount factor", "float", lo=0, hi=1),
@@ -181,11 +236,9 @@ SCHEMA: dict[str, Key] = {
     "ppo.clip_range": Key("PPO ratio clip", "float", lo=0, lo_open=True),
     "ppo.ent_coef": Key("entropy bonus coefficient", "float", lo=0),
     "ppo.vf_coef": Key("value-loss coefficient", "float", lo=0),
-    "ppo.max_grad_norm": Key("global-norm gradient clip", "float", lo=0,
-                             lo_open=True),
+    "ppo.max_grad_norm": Key("global-norm gradient clip", "float", lo=0, lo_open=True),
     "run.total_steps": Key("env steps of the whole search (per seed)", **_POS),
-    "run.updates_per_chunk": Key("PPO updates per compiled call between logs",
-                                 **_POS),
+    "run.updates_per_chunk": Key("PPO updates per compiled call between logs", **_POS),
     "run.checkpoint_every": Key("chunks between checkpoints", **_POS),
     "run.top_k": Key("best architectures kept in top_architectures.json", **_POS),
 }
@@ -194,6 +247,26 @@ SCHEMA: dict[str, Key] = {
 def check(config: dict) -> None:
     """Rules that tie several keys together."""
     env = config["env"]
+    if config["variant"] in NEEDS_CHECKPOINT and not config["supernet"]["checkpoint"]:
+        raise ConfigError(
+            f"variant {config['variant']!r} needs a pre-trained supernet: pass "
+            "--supernet-ckpt DIR (make one with python -m jaxdarts.pretrain, e.g. "
+            "--preset quick for the quick size)"
+        )
+    if env["kind"] == "continuous" and env["reward"] == "nwot":
+        raise ConfigError(
+            "the continuous env cannot use the nwot reward (as in the reference): "
+            "set env.reward to acc or loss"
+        )
+    if env["kind"] == "discrete" and (env["grad_obs"] or env["weight_step"]):
+        raise ConfigError(
+            "env.grad_obs and env.weight_step are for the continuous env only"
+        )
+    if config["supernet"]["channels"] % 2:
+        raise ConfigError(
+            "supernet.channels must be an even number >= 2, got "
+            f"{config['supernet']['channels']}"
+        )
     if env["reward"] == "nwot" and env["batch_size"] < 2:
         raise ConfigError(
             "env.batch_size must be >= 2 for the nwot reward (the kernel of one "

@@ -9,8 +9,11 @@ errors into one line on stderr and exit code 2, and Ctrl-C into exit code 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from jaxdarts import config as config_lib
@@ -21,7 +24,10 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "parser",
     "add_run_args",
+    "add_config_flags",
     "config_from_args",
+    "check_run_args",
+    "usage_errors",
     "print_config",
     "run_main",
 ]
@@ -36,24 +42,48 @@ class UsageError(ValueError):
     """Bad input found before the run starts: a flag, a file, a folder, the data."""
 
 
+class _Formatter(
+    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
+):
+    """Shows ``(default: X)`` only where there is a default worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _preset_epilog(command: str) -> str:
+    """One line per preset: its dataset (the default preset first)."""
+    lines = ["presets (--preset NAME --print-config shows every value):"]
+    for name in config_lib.presets(command):
+        data = config_lib.preset_value(command, name, "data.dataset")
+        where = f"dataset {data}" if data is not None else ""
+        default = " (default)" if name == "paper" else ""
+        lines.append(f"  {name}{default}: {where}".rstrip(": "))
+    return "\n".join(lines)
+
+
 def parser(command: str, description: str) -> argparse.ArgumentParser:
     """A parser with the config flags every command has.
 
     Adds ``--preset`` (and ``--variant`` where the command has variants), ``--set``
-    (repeatable) and ``--print-config``.
+    (repeatable) and ``--print-config``; the help ends with each preset's dataset.
     """
     p = argparse.ArgumentParser(
         prog=f"python -m jaxdarts.{command}",
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_preset_epilog(command),
+        formatter_class=_Formatter,
     )
     names = config_lib.presets(command)
     p.add_argument(
         "--preset",
         default="paper",
         choices=names,
-        help="paper: the paper's setting; quick: a small size on the embedded "
-        "digits data, minutes on a laptop CPU",
+        help="paper: the paper's setting (CIFAR-10); quick: the shared small size "
+        "on the embedded digits data, minutes on a laptop CPU",
     )
     kinds = config_lib.variants(command)
     if kinds:
@@ -104,10 +134,66 @@ def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     )
 
 
+def add_config_flags(
+    p: argparse.ArgumentParser, command: str, flags: Mapping[str, str]
+) -> dict[str, str]:
+    """Adds flags that set config keys, with help from the command's schema.
+
+    Each flag's value is text parsed and checked by the key's type and range (as
+    ``--set``); its help is the key's explanation and its paper/quick defaults.
+
+    Args:
+      p: the parser.
+      command: the command (its ``configs/<command>.py``).
+      flags: flag (``"--num-envs"``) -> dotted config key (``"env.num_envs"``).
+
+    Returns:
+      argparse dest -> dotted key, for :func:`config_from_args`.
+    """
+    schema = config_lib.config_module(command).SCHEMA
+    dests = {}
+    for flag, dotted in flags.items():
+        key = schema[dotted]
+        paper = config_lib.preset_value(command, "paper", dotted)
+        quick = config_lib.preset_value(command, "quick", dotted)
+        default = f"default {json.dumps(paper)}"
+        if quick != paper:
+            default += f"; quick: {json.dumps(quick)}"
+        action = p.add_argument(
+            flag,
+            metavar=dotted.rsplit(".", 1)[-1].upper(),
+            help=f"{key.help}; {key.expected()} [{dotted}; {default}]",
+        )
+        dests[action.dest] = dotted
+    return dests
+
+
+def _flag_of(dotted: str, args: argparse.Namespace, flags: Mapping[str, str]):
+    for dest, key in flags.items():
+        if key == dotted and getattr(args, dest, None) is not None:
+            return "--" + dest.replace("_", "-")
+    return None
+
+
+def _load_saved(path: str) -> dict[str, Any]:
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise UsageError(
+            f"--resume {path}: no config.json there, so it is not a run folder "
+            "(start a new run with --out instead)"
+        )
+    with open(file) as f:
+        return json.load(f)
+
+
 def config_from_args(
     command: str, args: argparse.Namespace, flags: Mapping[str, str]
 ) -> dict[str, Any]:
     """The validated config from ``--preset``/``--variant``, flags and ``--set``.
+
+    With ``--resume DIR`` (where the parser has it) the config is the run's saved
+    ``config.json`` with the flags and ``--set`` applied on top (the command then
+    refuses changes to keys outside its ``RESUME_MAY_CHANGE``).
 
     Args:
       command: the command's name (its ``configs/<command>.py``).
@@ -116,10 +202,15 @@ def config_from_args(
         left at None keeps the config's value.
 
     Raises:
-      UsageError: an unknown key or a bad value (the message names the key).
+      UsageError: an unknown key or a bad value (the message names the key and the
+        flag that set it).
     """
     overrides = {key: getattr(args, dest, None) for dest, key in flags.items()}
     try:
+        if getattr(args, "resume", None):
+            return config_lib.load_saved(
+                command, _load_saved(args.resume), overrides=overrides, sets=args.set
+            )
         return config_lib.load(
             command,
             preset=args.preset,
@@ -128,12 +219,49 @@ def config_from_args(
             sets=args.set,
         )
     except config_lib.ConfigError as e:
-        raise UsageError(str(e)) from None
+        flag = _flag_of(getattr(e, "key", None) or "", args, flags)
+        raise UsageError(f"{flag}: {e}" if flag else str(e)) from None
+
+
+def check_run_args(args: argparse.Namespace) -> None:
+    """Refuses run-folder flags that contradict each other (before any work)."""
+    if getattr(args, "resume", None) and (args.out or args.overwrite):
+        raise UsageError(
+            f"--resume {args.resume} continues that folder: drop --out/--overwrite"
+        )
+    devices = getattr(args, "devices", None)
+    if devices is not None and devices < 1:
+        raise UsageError(f"--devices must be >= 1, got {devices}")
 
 
 def print_config(command: str, config: Mapping[str, Any]) -> None:
     """Prints ``config`` with the explanation of every key."""
     print(config_lib.describe(command, config))
+
+
+@contextlib.contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turns the errors of bad input found while setting up (a bad value, a missing
+    file or folder, data that is not prepared) into :class:`UsageError`.
+
+    Use it around what runs before the run folder is created, not around the run.
+    """
+    from jaxdarts.data import DataNotFoundError
+
+    try:
+        yield
+    except DataNotFoundError as e:
+        raise UsageError(
+            f"{e}\nOr try the embedded data first: --preset quick (digits)."
+        ) from None
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from jaxdarts.runs import ConfigMismatchError, RunExistsError
+
+    return (UsageError, config_lib.ConfigError, RunExistsError, ConfigMismatchError)
 
 
 def run_main(fn: Callable[[Sequence[str] | None], int], argv=None) -> int:
@@ -144,7 +272,7 @@ def run_main(fn: Callable[[Sequence[str] | None], int], argv=None) -> int:
     """
     try:
         return fn(argv)
-    except (UsageError, config_lib.ConfigError) as e:
+    except _known_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

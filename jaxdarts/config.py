@@ -38,6 +38,8 @@ __all__ = [
     "presets",
     "variants",
     "load",
+    "load_saved",
+    "preset_value",
     "validate",
     "set_value",
     "get_value",
@@ -51,7 +53,15 @@ COMMANDS = ("search", "pretrain", "train", "score")
 
 
 class ConfigError(ValueError):
-    """A config value or key that cannot be used; the message says what to do."""
+    """A config value or key that cannot be used; the message says what to do.
+
+    Attributes:
+      key: the dotted key at fault, where there is one (a flag can then be named).
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,19 +182,21 @@ def _parse_text(text: str, key: Key, dotted: str) -> Any:
             f = math.nan
         if math.isfinite(f) and f == int(f):
             return int(f)
-        raise ConfigError(f"{dotted} must be {key.expected()}, got {text!r}")
+        raise ConfigError(f"{dotted} must be {key.expected()}, got {text!r}", dotted)
     if key.type == "float":
         try:
             return float(t)
         except ValueError:
-            raise ConfigError(f"{dotted} must be {key.expected()}, got {text!r}") from None
+            raise ConfigError(
+                f"{dotted} must be {key.expected()}, got {text!r}", dotted
+            ) from None
     if key.type == "bool":
         low = t.lower()
         if low in ("true", "1", "yes", "on"):
             return True
         if low in ("false", "0", "no", "off"):
             return False
-        raise ConfigError(f"{dotted} must be true or false, got {text!r}")
+        raise ConfigError(f"{dotted} must be true or false, got {text!r}", dotted)
     if key.type == "str":
         return t
     try:
@@ -192,7 +204,7 @@ def _parse_text(text: str, key: Key, dotted: str) -> Any:
     except json.JSONDecodeError:
         if key.type in ("list", "dict"):
             raise ConfigError(
-                f"{dotted} must be {key.expected()}, got {text!r}"
+                f"{dotted} must be {key.expected()}, got {text!r}", dotted
             ) from None
         return t
 
@@ -208,12 +220,21 @@ def set_value(
     """
     if dotted not in schema:
         raise ConfigError(
-            f"unknown config key {dotted!r}; known keys: {_known_keys(schema, dotted)}"
+            f"unknown config key {dotted!r}; known keys: {_known_keys(schema, dotted)}",
+            dotted,
         )
     key = schema[dotted]
     if isinstance(value, str) and key.type != "str":
         value = _parse_text(value, key, dotted)
-    elif isinstance(value, str) and key.nullable and value.strip().lower() == "null":
+    elif (
+        isinstance(value, str)
+        and key.nullable
+        and value.strip().lower()
+        in (
+            "null",
+            "none",
+        )
+    ):
         value = None
     parts = dotted.split(".")
     node = config
@@ -239,8 +260,8 @@ def _check_value(dotted: str, value: Any, key: Key) -> None:
     if value is None:
         if key.nullable:
             return
-        raise ConfigError(f"{dotted} must be {key.expected()}, got null")
-    bad = ConfigError(f"{dotted} must be {key.expected()}, got {value!r}")
+        raise ConfigError(f"{dotted} must be {key.expected()}, got null", dotted)
+    bad = ConfigError(f"{dotted} must be {key.expected()}, got {value!r}", dotted)
     t = key.type
     if t == "int" and (isinstance(value, bool) or not isinstance(value, int)):
         raise bad
@@ -280,7 +301,8 @@ def validate(command: str, config: Mapping[str, Any]) -> None:
         if dotted not in schema:
             raise ConfigError(
                 f"unknown config key {dotted!r}; known keys: "
-                f"{_known_keys(schema, dotted)}"
+                f"{_known_keys(schema, dotted)}",
+                dotted,
             )
         _check_value(dotted, value, schema[dotted])
     missing = [k for k in schema if k not in flat]
@@ -358,6 +380,42 @@ def load(
     _normalise_numbers(config, schema)
     validate(command, config)
     return config
+
+
+def load_saved(
+    command: str,
+    saved: Mapping[str, Any],
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A run's saved config with ``overrides`` and ``sets`` applied, validated
+    (``--resume``: the saved config is the base, not the preset)."""
+    schema = config_module(command).SCHEMA
+    config = copy.deepcopy(dict(saved))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            set_value(config, schema, dotted, value)
+    for dotted, value in parse_sets(sets):
+        set_value(config, schema, dotted, value)
+    _normalise_numbers(config, schema)
+    validate(command, config)
+    return config
+
+
+def preset_value(command: str, preset: str, dotted: str) -> Any:
+    """The value of ``dotted`` in a preset (default variant), not validated; None
+    if the command has no such key (for help texts)."""
+    mod = config_module(command)
+    config = mod.get_config()
+    kinds = getattr(mod, "VARIANTS", None)
+    if kinds:
+        _merge(config, kinds.get(config.get("variant"), {}))
+    _merge(config, mod.PRESETS.get(preset, {}))
+    try:
+        return get_value(config, dotted)
+    except (KeyError, TypeError):
+        return None
 
 
 def describe(command: str, config: Mapping[str, Any]) -> str:

@@ -219,18 +219,13 @@ def _not_found_message(name: str, data_dir: str, detail: str = "") -> str:
         else "the dataset's archive"
     )
     lines = [
-        f"Dataset {name!r} is not prepared in the TFDS data directory {data_dir!r}"
+        f"Dataset {name!r} is not prepared in {data_dir}"
         + (f" ({detail})." if detail else "."),
-        "Get it in one of two ways:",
-        "  1. With internet access (needs TensorFlow):",
-        "       pip install 'jaxdarts[data]'",
-        f"       python -m jaxdarts.data prepare --dataset {name} "
-        f"--data-dir {data_dir}",
-        f"  2. Offline: place {archive} in the manual download folder",
-        f"       {manual}/",
-        "     and run the same prepare command (TFDS checks the file's checksum).",
-        "The data directory defaults to $TFDS_DATA_DIR or ~/tensorflow_datasets;",
-        "use --data-dir (or data_dir=) to point elsewhere.",
+        "Prepare it once (needs TensorFlow and internet access):",
+        "    pip install -e '.[data]'      # in a checkout; else 'jaxdarts[data]'",
+        f"    python -m jaxdarts.data prepare --dataset {name} --data-dir {data_dir}",
+        f"Offline: put {archive} in {manual}/ and run the same prepare command.",
+        "Elsewhere: --data-dir DIR (default $TFDS_DATA_DIR or ~/tensorflow_datasets).",
     ]
     return "\n".join(lines)
 

@@ -37,7 +37,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_genotype", "plot_genotypes_grid", "OP_COLOURS"]
+__all__ = [
+    "plot_genotype",
+    "plot_genotypes_grid",
+    "plot_curves",
+    "plot_search_curves",
+    "SEARCH_PANELS",
+    "OP_COLOURS",
+]
 
 #: Colour of each op's arrows and labels (unknown ops are drawn in black).
 OP_COLOURS: dict[str, str] = {
@@ -734,3 +741,76 @@ def plot_genotypes_grid(
         validate_genotype(genotype)
     fig = _compose(list(named.items()), title)
     return _save(fig, path_stem)
+
+
+# ------------------------------------------------------------------ learning curves
+
+#: The panels of a search's ``curves.png``: title -> (metric, line style) pairs.
+SEARCH_PANELS: dict[str, tuple[tuple[str, str], ...]] = {
+    "episode reward (raw)": (("reward_mean", "-"), ("reward_max", ":")),
+    "policy entropy": (("entropy", "-"),),
+}
+
+
+def _series(metrics: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+    """``[T, S]`` values of ``name`` (a list per record = one value per seed); NaN
+    where a record lacks it."""
+    rows = []
+    for m in metrics:
+        v = m.get(name)
+        if v is None:
+            v = np.nan
+        rows.append(np.atleast_1d(np.asarray(v, np.float64)))
+    width = max((len(r) for r in rows), default=1)
+    out = np.full((len(rows), width), np.nan)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def plot_curves(
+    metrics: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    x: str,
+    panels: Mapping[str, Sequence[tuple[str, str]]],
+    xlabel: str | None = None,
+) -> Path:
+    """Writes one panel per entry of ``panels`` against ``x`` as a PNG.
+
+    A metric whose records hold a list (one value per seed, as ``search --seeds N``
+    writes) is drawn once per seed, in the seed's colour.
+
+    Args:
+      metrics: the records of ``metrics.jsonl``.
+      path: the PNG (written atomically).
+      x: the record key of the horizontal axis (``timesteps``, ``epoch``...).
+      panels: panel title -> ``(metric, matplotlib line style)`` pairs.
+      xlabel: the axis label (default ``x``).
+
+    Returns:
+      The path written.
+    """
+    from matplotlib.figure import Figure
+
+    xs = np.array([m.get(x, np.nan) for m in metrics], np.float64)
+    fig = Figure(figsize=(5 * len(panels), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (title, lines) in zip(axes, panels.items(), strict=True):
+        for name, style in lines:
+            ys = _series(metrics, name)
+            for s in range(ys.shape[1]):
+                label = name if ys.shape[1] == 1 else f"{name} seed {s}"
+                ax.plot(xs, ys[:, s], style, color=f"C{s}", label=label, marker=".")
+        ax.set(xlabel=xlabel or x, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def plot_search_curves(metrics: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """A search's ``curves.png``: raw episode reward (mean solid, max dotted) and
+    policy entropy against timesteps, for every seed."""
+    return plot_curves(metrics, path, "timesteps", SEARCH_PANELS, "env steps")

@@ -51,6 +51,13 @@ __all__ = [
     "environment_info",
     "progress",
     "setup_logging",
+    "TqdmHandler",
+    "format_summary",
+    "print_summary",
+    "format_duration",
+    "compile_timed",
+    "TensorBoardLogger",
+    "check_tensorboard",
 ]
 
 CONFIG_FILE = "config.json"
@@ -556,10 +563,22 @@ def progress(
     )
 
 
+class TqdmHandler(logging.Handler):
+    """Logs to ``sys.stdout`` (looked up at each record) through ``tqdm.write``,
+    which clears the progress bars, prints the line and redraws them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 def setup_logging(run_path: Path | None, verbose: bool = False) -> logging.Logger:
     """Configures the ``jaxdarts`` logger.
 
-    Console: ``HH:MM:SS message`` on stdout. With ``run_path``, also
+    Console: ``HH:MM:SS message`` on stdout, written around the progress bars
+    (:class:`TqdmHandler`) so that the two never share a line. With ``run_path``, also
     ``<run>/log.txt`` (appended, with date and level). Calling it again replaces
     the handlers it added before.
 
@@ -577,7 +596,7 @@ def setup_logging(run_path: Path | None, verbose: bool = False) -> logging.Logge
             h.close()
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
-    console = logging.StreamHandler(sys.stdout)
+    console = TqdmHandler()
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handlers: list[logging.Handler] = [console]
     if run_path is not None:
@@ -684,3 +703,101 @@ class GracefulInterrupt:
                 previous = signal.SIG_DFL
             signal.signal(signal.SIGINT, previous)
             self.active = False
+
+
+# ----------------------------------------------------------------- end-of-run summary
+
+
+def format_duration(seconds: float) -> str:
+    """``83.2`` -> ``'1m 23s'``; ``3725`` -> ``'1h 02m'``; ``4.2`` -> ``'4.2s'``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+def format_summary(title: str, items: Iterable[tuple[str, Any]]) -> str:
+    """A short block for the end of a run: the title, then ``  name  value`` lines
+    with the names aligned (None values are left out)."""
+    rows = [(k, str(v)) for k, v in items if v is not None]
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = [title]
+    for k, v in rows:
+        lines.append(f"  {k:<{width}}  {v}")
+    return "\n".join(lines)
+
+
+def print_summary(title: str, items: Iterable[tuple[str, Any]]) -> str:
+    """Prints :func:`format_summary` on stdout (through tqdm, so no bar breaks it)
+    and returns the text."""
+    text = format_summary(title, items)
+    tqdm.write(text, file=sys.stdout)
+    return text
+
+
+# ----------------------------------------------------------------- compile timing
+
+
+def compile_timed(jitted: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Compiles ``jitted`` for these arguments ahead of time.
+
+    Returns:
+      ``(compiled, seconds)``: call ``compiled`` with the non-static arguments;
+      ``seconds`` is the lowering and compile time (a hit in the persistent
+      compilation cache is fast), so that timing the calls excludes it.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args, **kwargs).compile()
+    return compiled, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------- TensorBoard
+
+_TB_HINT = (
+    "--tensorboard needs the 'tensorboard' extra: pip install -e '.[tensorboard]' "
+    "(or pip install tensorboardX)"
+)
+
+
+def check_tensorboard() -> None:
+    """Raises ImportError with the install hint if tensorboardX is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise ImportError(_TB_HINT)
+
+
+class TensorBoardLogger:
+    """Writes the numbers of each metrics record as TensorBoard scalars.
+
+    A record's list values (one per seed) become ``NAME/seedI`` tags; non-numbers
+    are skipped. Needs the ``tensorboard`` extra (tensorboardX); view with
+    ``tensorboard --logdir <run>/tb``.
+    """
+
+    def __init__(self, logdir: str | os.PathLike) -> None:
+        check_tensorboard()
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(logdir))
+
+    def log(self, record: Mapping[str, Any], step: int) -> None:
+        """Adds every number of ``record`` at ``step``."""
+        for name, value in record.items():
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    self._scalar(f"{name}/seed{i}", v, step)
+            else:
+                self._scalar(name, value, step)
+
+    def _scalar(self, tag: str, value: Any, step: int) -> None:
+        if _is_number(value):
+            self._writer.add_scalar(tag, float(value), step)
+
+    def close(self) -> None:
+        self._writer.close()

@@ -304,3 +304,125 @@ def test_graceful_interrupt_outside_main_thread():
     t.start()
     t.join()
     assert result == {"active": False}
+
+
+# ------------------------------------------------------- reading a run at a glance
+
+
+def test_log_lines_do_not_collide_with_the_progress_bar(
+    capsys, monkeypatch, restore_jaxdarts_logger
+):
+    import io
+
+    from jaxdarts.runs import TqdmHandler
+
+    term = io.StringIO()  # one terminal for the bar and the log lines
+    monkeypatch.setattr(sys, "stdout", term)
+    logger = setup_logging(None)
+    assert any(isinstance(h, TqdmHandler) for h in logger.handlers)
+    monkeypatch.setenv("JAXDARTS_PROGRESS", "1")
+    with progress(10, "search") as bar:
+        bar.fp = term  # tqdm draws on this stream
+        bar.update(3)
+        bar.refresh()
+        logger.info("a log line")
+        bar.update(3)
+    lines = term.getvalue().replace("\r", "\n").splitlines()
+    logged = [line for line in lines if "a log line" in line]
+    # the bar was cleared before the line, so it stands alone
+    assert len(logged) == 1 and re.fullmatch(r"\d\d:\d\d:\d\d a log line", logged[0])
+
+
+def test_format_duration_and_summary(capsys):
+    from jaxdarts.runs import format_duration, format_summary, print_summary
+
+    assert format_duration(4.24) == "4.2s"
+    assert format_duration(83.2) == "1m 23s"
+    assert format_duration(3725) == "1h 02m"
+    text = format_summary("done", [("genotype", "G"), ("skipped", None), ("wall", 3)])
+    assert text.splitlines() == ["done", "  genotype  G", "  wall      3"]
+    assert print_summary("done", [("a", 1)]) == "done\n  a  1"
+    assert capsys.readouterr().out == "done\n  a  1\n"
+
+
+def test_compile_timed_excludes_compiling_from_the_call():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdarts.runs import compile_timed
+
+    f = jax.jit(lambda x, n: x * n + 1, static_argnums=1)
+    compiled, seconds = compile_timed(f, jnp.arange(3.0), 2)
+    assert seconds > 0
+    assert compiled(jnp.arange(3.0)).tolist() == [1.0, 3.0, 5.0]
+
+
+def _read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of the TFRecord event files in ``folder`` (tag -> [(step, value)])."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_logger(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from jaxdarts.runs import TensorBoardLogger
+
+    tb = TensorBoardLogger(tmp_path / "tb")
+    tb.log({"reward_mean": 1.5, "entropy": [0.5, 0.25], "note": "x"}, step=256)
+    tb.log({"reward_mean": 2.5, "entropy": [0.4, 0.2]}, step=512)
+    tb.close()
+    scalars = _read_events(tmp_path / "tb")
+    assert scalars["reward_mean"] == [(256, 1.5), (512, 2.5)]
+    assert scalars["entropy/seed1"] == [(256, 0.25), (512, pytest.approx(0.2))]
+    assert "note" not in scalars
+
+
+def test_tensorboard_missing_extra_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from jaxdarts.runs import TensorBoardLogger, check_tensorboard
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboardX" else real(name, *a),
+    )
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[tensorboard\]'"):
+        check_tensorboard()
+    with pytest.raises(ImportError, match="tensorboard"):
+        TensorBoardLogger("/nonexistent/tb")
+
+
+def test_plot_curves_draws_every_seed(tmp_path):
+    from jaxdarts.plotting import plot_search_curves
+
+    metrics = [
+        {
+            "timesteps": 256 * (i + 1),
+            "reward_mean": [i, 2 * i],
+            "reward_max": [i + 1, 2 * i + 1],
+            "entropy": [2.0 - i / 10, 1.0],
+        }  # noqa: E501
+        for i in range(5)
+    ]
+    metrics[0]["reward_mean"] = [float("nan"), 0.0]  # no episode ended yet
+    path = plot_search_curves(metrics, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    image = imread(path)
+    assert image.shape[0] > 300 and image.shape[1] > 800

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdarts import score
+from jaxdarts import score, scoring
 from jaxdarts.genotypes import (
     genotype_edge_ops,
     get_genotype,
@@ -32,7 +32,10 @@ from jaxdarts.spaces import NUM_EDGES, get_space
 from jaxdarts.supernet import SupernetConfig, get_supernet
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--channels", "4", "--layers", "2", "--batch-size", "16", "--impl", "xla"]
+TINY = [
+    "--preset", "quick", "--channels", "4", "--layers", "2", "--batch-size", "16",
+    "--impl", "xla",
+]  # fmt: skip
 QUIET = ["--no-compile-cache", "--no-progress"]
 # A full assignment: one op per edge (null = none), as a discrete episode ends.
 FULL_NORMAL = [
@@ -194,7 +197,8 @@ def test_supernet_checkpoint(cli_run, files, genotypes, ckpt):
     path, variables = ckpt
     argv = [a for g in genotypes for a in ("--genotype", g)]
     out = files["dir"] / "ckpt.json"
-    common = ["--supernet-ckpt", str(path), "--batch-size", "16"]
+    common = ["--preset", "quick", "--supernet-ckpt", str(path), "--layers", "2"]
+    common += ["--batch-size", "16"]
     rc, _ = run_main(
         [*argv, *common, "--impl", "xla", "--seeds", "2", *QUIET, "--json", str(out)]
     )
@@ -220,7 +224,7 @@ def no_compile(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("reached the compile step")
 
-    monkeypatch.setattr(score, "make_scorer", refuse)
+    monkeypatch.setattr(scoring, "make_scorer", refuse)
 
 
 def _bad_files(d: Path) -> dict[str, str]:
@@ -245,24 +249,26 @@ def _bad_files(d: Path) -> dict[str, str]:
 
 ERRORS = [
     (["--genotype", "no-such-genotype"], "unknown genotype 'no-such-genotype'"),
-    (["--genotype", "disc-nwot", "--reward", "accuracy"], "unknown reward"),
-    (["--genotype", "disc-nwot", "--space", "s9"], "unknown search space 's9'"),
+    (["--genotype", "disc-nwot", "--reward", "accuracy"], "reward.kind must be one of"),
+    (["--genotype", "disc-nwot", "--space", "s9"], "supernet.space must be one of"),
     (["--genotype", "missing.json"], "'missing.json' does not exist"),
     (["--genotype", "disc-nwot", "--space", "s2"], "not in search space 's2'"),
-    (["--genotype", "disc-nwot", "--batch-size", "1"], "batch size must be"),
-    (["--genotype", "disc-nwot", "--batch-size", "0", "--reward", "acc"], "batch size"),
+    (["--genotype", "disc-nwot", "--batch-size", "1"], "must be >= 2 for the nwot"),
+    (["--genotype", "disc-nwot", "--batch-size", "0", "--reward", "acc"], ">= 1"),
     (["--genotype", "disc-nwot", "--batch-size", "100000"], "larger than the 719"),
-    (["--genotype", "disc-nwot", "--seeds", "0"], "seeds must be"),
-    (["--genotype", "disc-nwot", "--nwot-flavour", "new"], "unknown NWOT flavour"),
-    (["--genotype", "disc-nwot", "--path", "sparse"], "path must be"),
-    (["--genotype", "disc-nwot", "--compat", "torch"], "compat must be"),
+    (["--genotype", "disc-nwot", "--seeds", "0"], "--seeds: seeds must be"),
+    (["--genotype", "disc-nwot", "--nwot-flavour", "new"], "reward.nwot_flavour"),
+    (["--genotype", "disc-nwot", "--path", "sparse"], "reward.path must be one of"),
+    (["--genotype", "disc-nwot", "--compat", "torch"], "compat must be one of"),
     (["--genotype", "disc-nwot", "--channels", "5"], "even number"),
+    (["--genotype", "disc-nwot", "--impl", "fast"], "supernet.impl must be one of"),
     (["--genotype", "SHORT"], "list of 14 op names"),
     (["--genotype", "BADOP"], "'conv_3x3' on normal edge 13 is not in search space"),
     (["--genotype", "OTHER", "--space", "darts"], "the file is for space 's2'"),
     (["--genotype", "disc-nwot", "--genotype", "OTHER"], "not in search space 's2'"),
     (["--genotype", "NOTJSON"], "not a valid JSON file"),
     (["--genotype", "disc-nwot", "--data", "missing.npz"], "No such .npz file"),
+    (["--genotype", "disc-nwot", "--data", "x.npz", "--dataset", "digits"], "not both"),
     (["--genotype", "disc-nwot", "--supernet-ckpt", "nowhere"], "does not exist"),
     ([], "--genotype"),
 ]
@@ -275,22 +281,19 @@ def test_bad_input_fails_before_compiling(argv, message, tmp_path, capsys, no_co
     cwd = os.getcwd()
     os.chdir(tmp_path)  # relative paths (missing.json, nowhere) resolve here
     try:
-        with pytest.raises(SystemExit) as e:
-            score.main([*argv, *QUIET])
+        rc = score.main(["--preset", "quick", *argv, *QUIET])
     finally:
         os.chdir(cwd)
-    assert e.value.code == 2
+    assert rc == 2
     assert message in capsys.readouterr().err
 
 
 def test_checkpoint_conflicts_fail_before_compiling(ckpt, capsys, no_compile):
     argv = ["--genotype", "disc-nwot", "--supernet-ckpt", str(ckpt[0])]
-    with pytest.raises(SystemExit) as e:
-        score.main([*argv, "--channels", "8", *QUIET])
-    assert e.value.code == 2
+    assert score.main([*argv, "--channels", "8", *QUIET]) == 2
     assert "trained for channels 4" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        score.main([*argv, "--dataset", "npz:" + str(ckpt[0] / "rgb.npz"), *QUIET])
+    npz = "npz:" + str(ckpt[0] / "rgb.npz")
+    assert score.main([*argv, "--dataset", npz, *QUIET]) == 2
     assert "No such .npz file" in capsys.readouterr().err
 
 
@@ -311,16 +314,31 @@ def test_module_entry_point():
 # ------------------------------------------------------------------ library
 
 
-def test_score_config_defaults():
-    assert score.ScoreConfig().effective_batch_size == 64
-    original = score.ScoreConfig(nwot_flavour="original")
-    assert original.effective_batch_size == 128 and original.bn_train
-    assert (
-        score.ScoreConfig(nwot_flavour="original", batch_size=32).effective_batch_size
-        == 32
-    )
-    acc = score.ScoreConfig(reward="acc", nwot_flavour="original")
-    assert acc.effective_batch_size == 64 and not acc.bn_train
+def test_score_config_through_the_engine(capsys):
+    from jaxdarts.configs.score import batch_size
+
+    from jaxdarts.config import ConfigError, load
+
+    cfg = load("score")
+    assert cfg["data"]["dataset"] == "cifar10" and batch_size(cfg) == 64
+    original = load("score", sets=["reward.nwot_flavour=original"])
+    assert batch_size(original) == 128
+    assert batch_size(load("score", sets=["reward.batch_size=32"])) == 32
+    assert load("score", sets=["supernet.impl=loop"])["supernet"]["impl"] == "loop"
+    with pytest.raises(ConfigError, match="applies to the nwot reward only"):
+        load("score", sets=["reward.kind=acc", "reward.nwot_flavour=original"])
+    quick = load("score", preset="quick")
+    assert quick["supernet"]["layers"] == 3 and quick["data"]["dataset"] == "digits"
+    assert score.main(["--preset", "quick", "--print-config"]) == 0
+    assert "reward.batch_size" in capsys.readouterr().out
+
+
+def test_missing_cifar_is_a_short_error(tmp_path, capsys, no_compile):
+    pytest.importorskip("tensorflow_datasets")
+    argv = ["--genotype", "disc-nwot", "--data-dir", str(tmp_path), *QUIET]
+    assert score.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "jaxdarts.data prepare --dataset cifar10" in err and "Traceback" not in err
 
 
 def test_resolve_architecture_forms(files):

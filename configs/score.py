@@ -1,0 +1,154 @@
+"""Config of ``python -m jaxdarts.score``: base, presets, schema.
+
+``paper`` scores on CIFAR-10 with the paper's supernet (C=16, 8 cells); ``quick`` on
+the embedded digits data with the shared quick supernet (``configs/common.py``), the
+one ``pretrain --preset quick`` writes. A ``--supernet-ckpt`` fixes the space and
+size: ``supernet.channels``/``layers``/``space`` left at null take the checkpoint's.
+"""
+
+from jaxdarts.configs.common import (
+    IMPLS,
+    NWOT_FLAVOURS,
+    QUICK_DATA,
+    QUICK_SUPERNET,
+    REWARDS,
+    SPACES,
+)
+
+from jaxdarts.config import ConfigError, Key
+
+#: Default reward batch of each NWOT flavour (the reference: 64; Mellor et al.: 128).
+FLAVOUR_BATCH = {"reference": 64, "original": 128}
+
+
+def get_config() -> dict:
+    """Every default of a scoring run (the paper's setting)."""
+    return {
+        "preset": "paper",
+        "seeds": 1,
+        "compat": None,
+        "data": {"dataset": "cifar10", "data_dir": None},
+        "supernet": {
+            "space": None,
+            "channels": None,
+            "layers": None,
+            "impl": "auto",
+            "checkpoint": None,
+        },
+        "reward": {
+            "kind": "nwot",
+            "path": "discrete",
+            "batch_size": None,
+            "nwot_flavour": "reference",
+        },
+    }
+
+
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "quick": {"data": dict(QUICK_DATA), "supernet": dict(QUICK_SUPERNET)},
+}
+
+#: Untrained supernet size when ``supernet.channels``/``layers`` are null and no
+#: checkpoint gives them (the paper's).
+DEFAULT_CHANNELS, DEFAULT_LAYERS = 16, 8
+
+SCHEMA: dict[str, Key] = {
+    "preset": Key(
+        "the preset the config started from", "str", choices=("paper", "quick")
+    ),
+    "seeds": Key(
+        "seeds i = 0..N-1: seed i initialises the supernet and draws the "
+        "batch; results are mean and std over seeds",
+        "int",
+        lo=1,
+    ),
+    "compat": Key(
+        "'dartsrl': the reference code's normal/reduce cell swap",
+        "str",
+        choices=("dartsrl",),
+        nullable=True,
+    ),
+    "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
+    "data.data_dir": Key(
+        "TFDS data folder (null: TFDS's default)", "str", nullable=True
+    ),
+    "supernet.space": Key(
+        "search space (null: the checkpoint's, else the one the "
+        "genotype files name, else darts)",
+        "str",
+        choices=SPACES,
+        nullable=True,
+    ),
+    "supernet.channels": Key(
+        "initial channels C (null: the checkpoint's, else 16)",
+        "int",
+        lo=2,
+        nullable=True,
+    ),
+    "supernet.layers": Key(
+        "cells (null: the checkpoint's, else 8)", "int", lo=1, nullable=True
+    ),
+    "supernet.impl": Key(
+        "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
+        "str",
+        choices=IMPLS,
+    ),
+    "supernet.checkpoint": Key(
+        "pre-trained supernet folder (python -m "
+        "jaxdarts.pretrain); null: an untrained supernet "
+        "per seed",
+        "str",
+        nullable=True,
+    ),
+    "reward.kind": Key(
+        "score: nwot (log-determinant of the ReLU-code kernel), acc "
+        "(batch accuracy) or loss (negative cross-entropy)",
+        "str",
+        choices=REWARDS,
+    ),
+    "reward.path": Key(
+        "discrete: run only each edge's op; dense: every op, "
+        "weighted by one-hot weights",
+        "str",
+        choices=("discrete", "dense"),
+    ),
+    "reward.batch_size": Key(
+        "images per score (null: 64, or 128 for the original NWOT flavour)",
+        "int",
+        lo=1,
+        nullable=True,
+    ),
+    "reward.nwot_flavour": Key(
+        "reference: eval-mode BN; original: Mellor et al. (train-mode BN, batch 128)",
+        "str",
+        choices=NWOT_FLAVOURS,
+    ),
+}
+
+
+def batch_size(config: dict) -> int:
+    """``reward.batch_size``, or the NWOT flavour's default."""
+    r = config["reward"]
+    if r["batch_size"] is not None:
+        return r["batch_size"]
+    return FLAVOUR_BATCH[r["nwot_flavour"]] if r["kind"] == "nwot" else 64
+
+
+def check(config: dict) -> None:
+    """Rules that tie several keys together."""
+    r = config["reward"]
+    if r["kind"] == "nwot" and batch_size(config) < 2:
+        raise ConfigError(
+            "reward.batch_size must be >= 2 for the nwot reward (the kernel of one "
+            f"image says nothing), got {r['batch_size']}"
+        )
+    if r["nwot_flavour"] == "original" and r["kind"] != "nwot":
+        raise ConfigError(
+            "reward.nwot_flavour=original applies to the nwot reward only"
+        )
+    channels = config["supernet"]["channels"]
+    if channels is not None and channels % 2:
+        raise ConfigError(
+            f"supernet.channels must be an even number >= 2, got {channels}"
+        )

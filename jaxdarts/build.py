@@ -1,0 +1,230 @@
+"""Config -> typed pieces, in one place: what ``search``, ``score`` and the
+benchmarks build from a validated config (:func:`jaxdarts.config.load`).
+
+- :func:`load_data`: the dataset a config names (a short "how to prepare it" error if
+  it is not there), before any run folder exists;
+- :func:`supernet_config`, :func:`reward_config`, :func:`env_config`,
+  :func:`ppo_config`: the frozen dataclasses the library functions take, with the
+  dataset's class count and crop padding filled in at construction;
+- :func:`pretrained_supernet`: a pre-trained supernet checked against the config;
+- :func:`search_setup`: everything a search needs, the env params of every seed
+  stacked on a leading axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "SearchSetup",
+    "load_data",
+    "load_supernet",
+    "supernet_config_from_meta",
+    "supernet_config",
+    "reward_config",
+    "env_config",
+    "ppo_config",
+    "pretrained_supernet",
+    "search_setup",
+]
+
+try:  # the supernet file format lives beside the other checkpoint code
+    from jaxdarts.checkpoint import load_supernet, supernet_config_from_meta
+except ImportError:  # until it moves there: its old home
+    from jaxdarts.pretrain import load_supernet, supernet_config_from_meta
+
+
+def load_data(data: Mapping[str, Any]):
+    """The dataset of a config's ``data`` group.
+
+    Raises:
+      jaxdarts.data.DataNotFoundError: a TFDS dataset that is not prepared (the
+        message says how to prepare it).
+      ValueError, FileNotFoundError: an unknown name or a missing ``.npz`` file.
+    """
+    from jaxdarts.data import load_dataset
+
+    return load_dataset(data["dataset"], data.get("data_dir"))
+
+
+def supernet_config(
+    supernet: Mapping[str, Any], num_classes: int, compat: str | None = None
+):
+    """The :class:`~jaxdarts.supernet.SupernetConfig` of a config's ``supernet``."""
+    from jaxdarts.supernet import SupernetConfig
+
+    return SupernetConfig(
+        space=supernet["space"],
+        channels=supernet["channels"],
+        layers=supernet["layers"],
+        num_classes=num_classes,
+        impl=supernet["impl"],
+        swap_cells=compat == "dartsrl",
+    )
+
+
+def reward_config(kind: str, path: str, nwot_flavour: str, invalid: float | None):
+    """A :class:`~jaxdarts.rewards.RewardConfig`; ``invalid=None``: its default."""
+    from jaxdarts.rewards import RewardConfig
+
+    extra = {} if invalid is None else {"invalid_reward": invalid}
+    return RewardConfig(
+        kind=kind,
+        path=path,
+        bn_train=kind == "nwot" and nwot_flavour == "original",
+        **extra,
+    )
+
+
+def env_config(cfg: Mapping[str, Any], image_shape, num_classes: int):
+    """The :class:`~jaxdarts.env.EnvConfig` of a search config on a dataset."""
+    from jaxdarts.data import default_crop_pad
+    from jaxdarts.env import EnvConfig
+
+    e = cfg["env"]
+    dartsrl = cfg["compat"] == "dartsrl"
+    return EnvConfig(
+        kind=e["kind"],
+        net=supernet_config(cfg["supernet"], num_classes, cfg["compat"]),
+        reward=reward_config(
+            e["reward"], e["reward_path"], e["nwot_flavour"], e["invalid_reward"]
+        ),
+        batch_size=e["batch_size"],
+        sentinel=e["sentinel"],
+        alpha_std=e["alpha_std"],
+        lam=e["lam"],
+        sweeps=e["sweeps"],
+        frame_stack=e["frame_stack"],
+        grad_obs=e["grad_obs"],
+        weight_step=e["weight_step"],
+        weight_step_period=1 if dartsrl else e["weight_step_period"],
+        augment_valid=e["augment_valid"],
+        crop_pad=default_crop_pad(image_shape[0]),
+        reward_norm=e["reward_norm"],
+    )
+
+
+def ppo_config(ppo: Mapping[str, Any], num_envs: int):
+    """The :class:`~jaxdarts.ppo.PPOConfig`; ``n_steps`` keeps the transitions per
+    update (``ceil(transitions_per_update / num_envs)`` per env)."""
+    from jaxdarts.ppo import PPOConfig
+
+    return PPOConfig(
+        learning_rate=ppo["learning_rate"],
+        n_steps=math.ceil(ppo["transitions_per_update"] / num_envs),
+        batch_size=ppo["batch_size"],
+        n_epochs=ppo["n_epochs"],
+        gamma=ppo["gamma"],
+        gae_lambda=ppo["gae_lambda"],
+        clip_range=ppo["clip_range"],
+        ent_coef=ppo["ent_coef"],
+        vf_coef=ppo["vf_coef"],
+        max_grad_norm=ppo["max_grad_norm"],
+    )
+
+
+def pretrained_supernet(path: str, net, image_shape) -> tuple[Any, dict[str, Any]]:
+    """Loads the supernet in ``path``; refuses one of another space, size or
+    image shape (every difference listed).
+
+    Returns:
+      ``(variables, meta)``.
+    """
+    expect = {
+        "space": net.space,
+        "channels": net.channels,
+        "layers": net.layers,
+        "num_classes": net.num_classes,
+        "swap_cells": net.swap_cells,
+        "image_shape": list(image_shape),
+    }
+    return load_supernet(path, expect=expect)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSetup:
+    """What a search run is built from.
+
+    Attributes:
+      env: the static env config (dataset's classes and crop padding filled in).
+      ppo: the PPO config.
+      num_envs: lockstep envs per seed.
+      seeds: independent searches.
+      dataset: the loaded :class:`~jaxdarts.data.ImageDataset`.
+      env_params: :class:`~jaxdarts.env.EnvParams` of every seed, stacked on a
+        leading axis ``[seeds, ...]``.
+    """
+
+    env: Any
+    ppo: Any
+    num_envs: int
+    seeds: int
+    dataset: Any
+    env_params: Any
+
+    @property
+    def steps_per_update(self) -> int:
+        """Env steps of one PPO update (all envs of one seed)."""
+        return self.ppo.n_steps * self.num_envs
+
+
+def _seed_variables(cfg: Mapping[str, Any], env_cfg, image_shape) -> list[Any]:
+    """The supernet variables of every seed: the pre-trained ones, or seed ``i``'s
+    init from ``fold_in(key(seed + i), 7)``."""
+    import jax
+
+    seeds = cfg["seeds"]
+    ckpt = cfg["supernet"]["checkpoint"]
+    if ckpt:
+        variables, _ = pretrained_supernet(ckpt, env_cfg.net, image_shape)
+        return [variables] * seeds
+    net = env_cfg.supernet
+    return [
+        net.init(jax.random.fold_in(jax.random.key(cfg["seed"] + i), 7), image_shape)
+        for i in range(seeds)
+    ]
+
+
+def search_setup(cfg: Mapping[str, Any], dataset=None) -> SearchSetup:
+    """Builds a search from its validated config (``configs/search.py``).
+
+    Args:
+      cfg: the config of :func:`jaxdarts.config.load` (``"search"``).
+      dataset: the loaded dataset (None: :func:`load_data` of ``cfg["data"]``).
+
+    Raises:
+      ValueError, FileNotFoundError: a checkpoint that does not fit, or a
+        validation half smaller than a reward batch.
+      jaxdarts.data.DataNotFoundError: the dataset is not prepared.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdarts import data as data_lib
+    from jaxdarts import env as env_lib
+
+    ds = load_data(cfg["data"]) if dataset is None else dataset
+    env_cfg = env_config(cfg, ds.image_shape, ds.num_classes)
+    num_envs = cfg["env"]["num_envs"]
+    ppo = ppo_config(cfg["ppo"], num_envs)
+    tr, va = data_lib.split_indices(len(ds.train_images), cfg["seed"])
+    train = (ds.train_images[tr], ds.train_labels[tr])
+    if not env_cfg.weight_step:
+        train = (None, None)
+    params = [
+        env_lib.make_params(
+            env_cfg,
+            v,
+            ds.train_images[va],
+            ds.train_labels[va],
+            ds.mean,
+            ds.std,
+            *train,
+        )
+        for v in _seed_variables(cfg, env_cfg, ds.image_shape)
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+    return SearchSetup(env_cfg, ppo, num_envs, cfg["seeds"], ds, stacked)

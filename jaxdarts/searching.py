@@ -1,0 +1,551 @@
+"""The search as library functions: build, the host loop over jitted chunks, outputs.
+
+:func:`run` is ``config -> run folder``: :func:`prepare` (data, supernet, env params;
+every check before anything is written), then the run folder, then the host loop
+(:func:`train_loop`: one AOT-compiled chunk of PPO updates per call, metrics,
+progress bar, checkpoints, Ctrl-C), then the outputs (:func:`final_architectures`,
+:func:`write_outputs`: genotypes, top-k, pictures, ``curves.png``, ``summary.json``)
+and a short summary on stdout.
+
+``--seeds N`` runs N independent searches in one compiled program: ``lax.map`` over
+seeds, so that the episode-end reward stays a real ``cond`` (a vmap would turn it
+into a select that runs the supernet on every step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxdarts import build
+
+__all__ = [
+    "SearchRun",
+    "prepare",
+    "check_resume",
+    "top_k_track",
+    "make_programs",
+    "train_loop",
+    "final_architectures",
+    "write_outputs",
+    "summary_items",
+    "run",
+    "default_out",
+]
+
+log = logging.getLogger("jaxdarts")
+
+#: What a search's run folder holds (named in the end-of-run summary).
+OUTPUTS = "genotype.json, cells.png, curves.png, metrics.jsonl, top_architectures.json"
+
+
+# ----------------------------------------------------------------------- setup
+def check_devices(devices: int | None, num_envs: int) -> None:
+    """``--devices N``: N >= 1 and N divides the lockstep envs."""
+    if devices is None:
+        return
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {devices}")
+    if num_envs % devices:
+        raise ValueError(
+            f"--devices {devices} must divide the number of envs ({num_envs}): "
+            "choose --num-envs as a multiple of it"
+        )
+
+
+def prepare(
+    cfg: dict[str, Any], devices: int | None = None, tensorboard: bool = False
+) -> build.SearchSetup:
+    """Every check and the build of a search, before anything is written.
+
+    Raises:
+      ValueError, FileNotFoundError, ImportError: bad input (the message says
+        what to change).
+      jaxdarts.data.DataNotFoundError: the dataset is not prepared.
+    """
+    check_devices(devices, cfg["env"]["num_envs"])
+    ckpt = cfg["supernet"]["checkpoint"]
+    if ckpt and not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"--supernet-ckpt {ckpt}: no such folder")
+    if tensorboard:
+        from jaxdarts.runs import check_tensorboard
+
+        check_tensorboard()
+    return build.search_setup(cfg)
+
+
+def check_resume(cfg: dict[str, Any], path: str) -> None:
+    """Refuses (before any work) a ``--resume`` whose config changes keys other
+    than ``RESUME_MAY_CHANGE``, listing the differences."""
+    import json
+
+    from jaxdarts.configs.search import RESUME_MAY_CHANGE
+    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, ConfigMismatchError, config_diff
+
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        return  # RunDir.resume says that it is not a run folder
+    with open(file) as f:
+        saved = json.load(f)
+    diff = config_diff(saved, cfg, DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE)
+    if diff:
+        raise ConfigMismatchError(diff, path)
+
+
+def default_out(cfg: dict[str, Any]) -> str:
+    """``runs/<variant>-<YYYYmmdd-HHMMSS>``."""
+    return os.path.join("runs", f"{cfg['variant']}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# ----------------------------------------------------------------------- programs
+def top_k_track(k: int):
+    """A PPO ``track_fn`` keeping the ``k`` best valid episode-end architectures."""
+    import jax
+    import jax.numpy as jnp
+
+    def track_fn(track, info, rewards, dones):
+        valid = dones & info["valid"]
+        cand_r = jnp.where(valid, info["raw_reward"], -jnp.inf).reshape(-1)
+        cand_a = info["final_alphas"].reshape((-1,) + info["final_alphas"].shape[2:])
+        all_r = jnp.concatenate([track["rewards"], cand_r])
+        all_a = jnp.concatenate([track["alphas"], cand_a])
+        top_r, idx = jax.lax.top_k(all_r, k)
+        return {"rewards": top_r, "alphas": all_a[idx]}
+
+    return track_fn
+
+
+def make_programs(setup: build.SearchSetup, top_k: int):
+    """The jitted ``init(keys [S], env_params)`` and ``chunk(states, env_params,
+    num_updates)`` over the seeds (``lax.map``; the chunk donates its states)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdarts import env as env_lib
+    from jaxdarts.ppo import make_train
+
+    venv = env_lib.LockstepEnv(setup.env, setup.num_envs)
+    init_fn, chunk_fn = make_train(setup.ppo, venv, top_k_track(top_k))
+    track0 = {
+        "rewards": jnp.full((top_k,), -jnp.inf, jnp.float32),
+        "alphas": jnp.zeros((top_k, 2, 14, setup.env.num_ops), jnp.float32),
+    }
+
+    def init_all(keys, params):
+        return jax.lax.map(lambda kp: init_fn(kp[0], kp[1], track0), (keys, params))
+
+    def chunk_all(states, params, n):
+        return jax.lax.map(lambda sp: chunk_fn(sp[0], sp[1], n), (states, params))
+
+    return jax.jit(init_all), jax.jit(chunk_all, static_argnums=2, donate_argnums=0)
+
+
+def _shard(state, env_params, devices: int | None, env_cfg):
+    """Splits the env batch over ``devices`` devices; agent and env params replicated."""
+    if devices is None:
+        return state, env_params
+    from jaxdarts import sharding
+
+    mesh = sharding.make_mesh(devices)
+    state = sharding.shard_train_state(state, mesh, env_axis=1)  # [seeds, envs, ...]
+    env_params = sharding.replicate(env_params, mesh)
+    log.info("env batch split over %d device(s): %s", devices, mesh.devices.tolist())
+    if devices > 1 and env_cfg.kind == "discrete" and env_cfg.reward.path == "discrete":
+        log.warning(
+            "reward_path=discrete scores the envs one by one (lax.map), which every "
+            "device then runs for all envs: use --set env.reward_path=dense to split "
+            "the rewards over the devices"
+        )
+    return state, env_params
+
+
+# ----------------------------------------------------------------------- host loop
+@dataclasses.dataclass
+class SearchRun:
+    """A search in progress: the pieces the host loop and the outputs share.
+
+    Attributes:
+      cfg: the validated config.
+      setup: the built pieces (:func:`prepare`).
+      run_dir: the run folder (:class:`jaxdarts.runs.RunDir`).
+      total_updates: PPO updates of the whole search.
+      done_updates: updates done so far (restored on resume).
+      compile_s: seconds spent compiling chunks in this process.
+      tb: the TensorBoard logger, or None.
+    """
+
+    cfg: dict[str, Any]
+    setup: build.SearchSetup
+    run_dir: Any
+    total_updates: int
+    done_updates: int = 0
+    compile_s: float = 0.0
+    tb: Any = None
+
+
+def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
+    """One metrics record per update of a chunk (per-seed lists when seeds > 1)."""
+    per_update = run.setup.steps_per_update
+    seeds = run.setup.seeds
+    for u in range(n):
+        update = run.done_updates + u + 1
+        rec: dict[str, Any] = {"update": update, "timesteps": update * per_update}
+        for name, val in metrics.items():
+            vals = np.asarray(val)[:, u]
+            rec[name] = float(vals[0]) if seeds == 1 else [float(x) for x in vals]
+        rec["steps_per_s"] = per_update * seeds * n / max(run_s, 1e-9)
+        rec["compile_s"] = compile_s if u == 0 else 0.0
+        yield rec
+
+
+def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: int):
+    """One chunk of ``n`` updates: compiled ahead of time on first use (timed
+    apart, with a "compiling" line), then run and timed."""
+    import jax
+
+    from jaxdarts.runs import compile_timed
+
+    compile_s = 0.0
+    if n not in programs:
+        log.info("compiling the search program (%d updates per call)...", n)
+        programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        log.info("compiled in %.1fs", compile_s)
+        run.compile_s += compile_s
+    t0 = time.perf_counter()
+    state, metrics = programs[n](state, env_params)
+    metrics = jax.device_get(metrics)
+    run_s = time.perf_counter() - t0
+    for rec in _records(run, metrics, n, run_s, compile_s):
+        run.run_dir.append_metrics(rec)
+        if run.tb is not None:
+            run.tb.log(rec, rec["timesteps"])
+    return state, metrics
+
+
+def train_loop(run: SearchRun, chunk_jit, state, env_params, ckpt) -> tuple[Any, bool]:
+    """Runs chunks until the search is done or Ctrl-C; saves checkpoints.
+
+    Returns:
+      ``(state, interrupted)``.
+    """
+    from jaxdarts import runs
+
+    every = run.cfg["run"]["checkpoint_every"]
+    chunk = run.cfg["run"]["updates_per_chunk"]
+    bar = runs.progress(
+        run.total_updates, "search", initial=run.done_updates, unit="upd"
+    )
+    programs: dict[int, Any] = {}
+    interrupted, n_chunks = False, 0
+    with bar, runs.GracefulInterrupt() as stop:
+        while run.done_updates < run.total_updates:
+            n = min(chunk, run.total_updates - run.done_updates)
+            state, metrics = _run_chunk(run, programs, chunk_jit, state, env_params, n)
+            run.done_updates += n
+            n_chunks += 1
+            bar.update(n)
+            last = np.asarray(metrics["reward_mean"])[:, -1]
+            bar.set_postfix(reward=f"{np.nanmean(last):.4g}")
+            finished = run.done_updates >= run.total_updates
+            if n_chunks % every == 0 or finished or stop.requested:
+                ckpt.save(run.done_updates, state)
+            if stop.requested and not finished:
+                interrupted = True
+                break
+    ckpt.wait()
+    return state, interrupted
+
+
+# ----------------------------------------------------------------------- outputs
+def _genotype_of(alphas, space_name: str):
+    from jaxdarts.genotypes import derive_genotype
+
+    return derive_genotype(np.asarray(alphas[0]), np.asarray(alphas[1]), space_name)
+
+
+def _edge_ops(space, alphas) -> dict[str, list[str]]:
+    """``{"normal_ops", "reduce_ops"}``: each edge's argmax op of ``alphas``."""
+    out = {}
+    for cell, ops, a in (
+        ("normal", space.normal, alphas[0]),
+        ("reduce", space.reduce, alphas[1]),
+    ):
+        out[f"{cell}_ops"] = [ops[e][int(i)] for e, i in enumerate(a.argmax(-1))]
+    return out
+
+
+def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any]]:
+    """Per seed: the deterministic and stochastic policies' architectures and
+    rewards (one episode each) and the top-k seen during the search."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdarts import env as env_lib
+    from jaxdarts.genotypes import to_json_dict
+    from jaxdarts.ppo import evaluate_policy
+
+    env_cfg = run.setup.env
+    space = env_cfg.supernet.space
+    # `deterministic` is traced, so both rollouts share one compiled program.
+    rollout = jax.jit(evaluate_policy, static_argnums=(1, 4))
+    one_env = env_lib.LockstepEnv(env_cfg, 1)
+    out = []
+    for s in range(run.setup.seeds):
+        params_s = jax.tree.map(lambda x, s=s: x[s], state.params)
+        env_params_s = jax.tree.map(lambda x, s=s: x[s], env_params)
+        res = {}
+        for det in (True, False):
+            key = jax.random.key(run.cfg["seed"] + 1000 + s)
+            roll = rollout(
+                params_s,
+                one_env,
+                env_params_s,
+                key,
+                env_cfg.episode_length,
+                jnp.asarray(det),
+            )
+            alphas = np.asarray(roll.info["final_alphas"][-1, 0])
+            name = "deterministic" if det else "stochastic"
+            res[name] = (
+                _genotype_of(alphas, env_cfg.net.space),
+                float(roll.info["raw_reward"][-1, 0]),
+            )
+        top_r = np.asarray(state.track["rewards"][s])
+        top_a = np.asarray(state.track["alphas"][s])
+        res["top"] = [
+            {
+                "reward": float(r),
+                "genotype": to_json_dict(_genotype_of(a, env_cfg.net.space)),
+                **_edge_ops(space, a),
+            }
+            for r, a in zip(top_r, top_a, strict=True)
+            if np.isfinite(r)
+        ]
+        out.append(res)
+    return out
+
+
+def _reward_trend(metrics: list[dict[str, Any]], seed: int) -> tuple[Any, Any]:
+    """The first and last finite ``reward_mean`` of a seed (None if none)."""
+    vals = []
+    for m in metrics:
+        v = m.get("reward_mean")
+        v = v[seed] if isinstance(v, list) else v
+        if v is not None and math.isfinite(v):
+            vals.append(v)
+    return (vals[0], vals[-1]) if vals else (None, None)
+
+
+def write_outputs(run: SearchRun, results: list[dict[str, Any]], wall_s: float):
+    """Writes the genotypes, top-k, pictures, ``curves.png`` and ``summary.json``.
+
+    Returns:
+      The summary (what ``summary.json`` holds).
+    """
+    from jaxdarts.genotypes import save_genotype_json, to_darts_string, to_json_dict
+    from jaxdarts.plotting import plot_genotype, plot_search_curves
+
+    path, cfg, space = run.run_dir.path, run.cfg, run.setup.env.net.space
+    metrics = run.run_dir.read_metrics()
+    summary: dict[str, Any] = {"variant": cfg["variant"], "space": space, "seeds": []}
+    for s, res in enumerate(results):
+        suffix = "" if len(results) == 1 else f"-seed{s}"
+        (g_det, r_det), (g_sto, r_sto) = res["deterministic"], res["stochastic"]
+        stochastic = {
+            "genotype": to_json_dict(g_sto),
+            "darts": to_darts_string(g_sto),
+            "reward": r_sto,
+        }
+        save_genotype_json(
+            path / f"genotype{suffix}.json",
+            g_det,
+            space,
+            reward=r_det,
+            seed=cfg["seed"] + s,
+            policy="deterministic",
+            stochastic=stochastic,
+        )
+        (path / f"genotype{suffix}.txt").write_text(to_darts_string(g_det) + "\n")
+        run.run_dir.write_json(f"top_architectures{suffix}.json", res["top"])
+        title = f"{cfg['variant']} (%s policy)"
+        plot_genotype(g_det, path / f"cells{suffix}", title=title % "deterministic")
+        plot_genotype(
+            g_sto, path / f"cells-stochastic{suffix}", title=title % "stochastic"
+        )
+        start, end = _reward_trend(metrics, s)
+        summary["seeds"].append(
+            {
+                "genotype": to_darts_string(g_det),
+                "reward": r_det,
+                "stochastic_reward": r_sto,
+                "best_seen": res["top"][0]["reward"] if res["top"] else None,
+                "reward_mean_start": start,
+                "reward_mean_end": end,
+            }
+        )
+    plot_search_curves(metrics, path / "curves.png")
+    per_update = run.setup.steps_per_update
+    summary.update(
+        updates=run.done_updates,
+        timesteps=run.done_updates * per_update,
+        wall_s=wall_s,
+        compile_s=run.compile_s,
+        outputs=str(path),
+    )
+    run.run_dir.write_json("summary.json", summary)
+    return summary
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def summary_items(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The lines of the end-of-search summary (for :func:`jaxdarts.runs.print_summary`)."""
+    from jaxdarts.runs import format_duration
+
+    items: list[tuple[str, Any]] = []
+    many = len(summary["seeds"]) > 1
+    for s, seed in enumerate(summary["seeds"]):
+        tag = f" (seed {s})" if many else ""
+        items += [
+            (f"genotype{tag}", seed["genotype"]),
+            (
+                f"its reward{tag}",
+                f"{_num(seed['reward'])} (best seen {_num(seed['best_seen'])})",
+            ),
+            (
+                f"mean reward{tag}",
+                f"{_num(seed['reward_mean_start'])} at the start -> {_num(seed['reward_mean_end'])} at the end",
+            ),
+        ]
+    items += [
+        ("env steps", f"{summary['timesteps']:,} ({summary['updates']} PPO updates)"),
+        (
+            "wall time",
+            f"{format_duration(summary['wall_s'])} (compiling {format_duration(summary['compile_s'])})",
+        ),
+        ("outputs", f"{summary['outputs']} ({OUTPUTS})"),
+    ]
+    return items
+
+
+# ----------------------------------------------------------------------- run
+def _initial_state(run: SearchRun, ckpt, resume: bool):
+    """The agents and envs of every seed, fresh or restored from the newest
+    checkpoint (whose later metrics are dropped); returns ``(state, chunk_jit)``."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg, setup = run.cfg, run.setup
+    log.info("initialising the agents and envs (compiling the init)...")
+    init_jit, chunk_jit = make_programs(setup, cfg["run"]["top_k"])
+    keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
+    state = init_jit(keys, setup.env_params)
+    step = ckpt.latest_step() if resume else None
+    if step is not None:
+        state, run.done_updates = ckpt.restore(step, state), step
+        run.run_dir.truncate_metrics(step, key="update")
+        log.info("resumed from update %d", step)
+    return state, chunk_jit
+
+
+def _open_run(cfg, out, resume: bool, overwrite: bool):
+    from jaxdarts.configs.search import RESUME_MAY_CHANGE
+    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir
+
+    if resume:
+        ignore = DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE
+        return RunDir.resume(out, cfg, ignore=ignore)
+    return RunDir.create(out or default_out(cfg), cfg, overwrite=overwrite)
+
+
+def run(
+    cfg: dict[str, Any],
+    out: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    devices: int | None = None,
+    tensorboard: bool = False,
+    setup: build.SearchSetup | None = None,
+) -> dict[str, Any]:
+    """Runs (or resumes) a search into the run folder ``out``; returns the summary.
+
+    Args:
+      cfg: the validated config (:func:`jaxdarts.config.load` of ``"search"``).
+      out: the run folder (default ``runs/<variant>-<time>``; with ``resume``, the
+        folder to continue).
+      resume: continue ``out`` from its newest checkpoint (bit-exact).
+      overwrite: replace an existing run folder at ``out``.
+      devices: split the lockstep envs over the first ``devices`` devices
+        (:mod:`jaxdarts.sharding`; not part of the config).
+      tensorboard: also log the metrics under ``<run>/tb`` (tensorboardX).
+      setup: the result of :func:`prepare` (None: built here).
+
+    Returns:
+      The summary, or ``{"interrupted": True, "update": n}`` after Ctrl-C.
+    """
+    from jaxdarts import runs
+
+    if setup is None:
+        if resume:
+            check_resume(cfg, out)
+        setup = prepare(cfg, devices, tensorboard)
+    run_dir = _open_run(cfg, out, resume, overwrite)
+    runs.setup_logging(run_dir.path)
+    runs.enable_compilation_cache()
+    total = max(1, math.ceil(cfg["run"]["total_steps"] / setup.steps_per_update))
+    srun = SearchRun(cfg, setup, run_dir, total)
+    if tensorboard:
+        srun.tb = runs.TensorBoardLogger(run_dir.path / "tb")
+    log.info(
+        "run folder %s | variant %s | %d seed(s) x %d env(s) | %d updates of %d steps",
+        run_dir.path,
+        cfg["variant"],
+        setup.seeds,
+        setup.num_envs,
+        total,
+        setup.steps_per_update,
+    )
+    t0 = time.time()
+    ckpt = run_dir.checkpointer()
+    state, chunk_jit = _initial_state(srun, ckpt, resume)
+    state, env_params = _shard(state, setup.env_params, devices, setup.env)
+    try:
+        state, interrupted = train_loop(srun, chunk_jit, state, env_params, ckpt)
+        if interrupted:
+            plot_done = _plot_partial(srun)
+            log.info(
+                "interrupted: checkpoint saved at update %d%s; continue with "
+                "--resume %s",
+                srun.done_updates,
+                plot_done,
+                run_dir.path,
+            )
+            return {"interrupted": True, "update": srun.done_updates}
+        log.info("compiling and playing the final policy rollouts...")
+        results = final_architectures(srun, state, env_params)
+        summary = write_outputs(srun, results, time.time() - t0)
+    finally:
+        ckpt.close()
+        if srun.tb is not None:
+            srun.tb.close()
+    runs.print_summary(
+        f"search finished in {runs.format_duration(summary['wall_s'])}",
+        summary_items(summary),
+    )
+    return summary
+
+
+def _plot_partial(run: SearchRun) -> str:
+    """``curves.png`` of the updates so far (an interrupted run)."""
+    from jaxdarts.plotting import plot_search_curves
+
+    plot_search_curves(run.run_dir.read_metrics(), run.run_dir.path / "curves.png")
+    return " (curves.png so far)"
