@@ -31,10 +31,7 @@ __all__ = [
     "search_setup",
 ]
 
-try:  # the supernet file format lives beside the other checkpoint code
-    from jaxdarts.checkpoint import load_supernet, supernet_config_from_meta
-except ImportError:  # until it moves there: its old home
-    from jaxdarts.pretrain import load_supernet, supernet_config_from_meta
+from jaxdarts.checkpoint import load_supernet, supernet_config_from_meta
 
 
 def load_data(data: Mapping[str, Any]):

@@ -57,7 +57,6 @@ from jaxdarts.tasks import supernet_task
 
 __all__ = ["run", "main", "build_parser"]
 
-_META_FORMAT = SUPERNET_FORMAT  # its old name (tests of search and score use it)
 
 log = logging.getLogger("jaxdarts.pretrain")
 

@@ -166,14 +166,14 @@ def test_seed_i_initialises_the_supernet_and_picks_the_batch(cli_run):
 def ckpt(files):
     """A supernet folder as jaxdarts.pretrain writes it: weights from key(5),
     split seed 7."""
-    from jaxdarts import pretrain
+    from jaxdarts import checkpoint as ckpt
     from jaxdarts.data import load_dataset
 
     net = tiny_net()
     variables = net.init(jax.random.key(5), (8, 8, 1))
     ds = load_dataset("digits")
     meta = {
-        "format": pretrain._META_FORMAT,
+        "format": ckpt.SUPERNET_FORMAT,
         "space": "darts",
         "channels": 4,
         "layers": 2,
@@ -189,7 +189,7 @@ def ckpt(files):
         "split_seed": 7,
     }
     path = files["dir"] / "pre"
-    pretrain.save_supernet(path / "supernet", variables, meta)
+    ckpt.save_supernet(path / "supernet", variables, meta)
     return path, variables
 
 

@@ -284,7 +284,7 @@ def test_interrupt_and_resume_is_bit_exact(straight, tmp_path, monkeypatch):
 
 
 def test_cont_variant_end_to_end(tmp_path):
-    from jaxdarts import pretrain
+    from jaxdarts import checkpoint as ckpt
     from jaxdarts.data import load_dataset
     from jaxdarts.supernet import Supernet, SupernetConfig
 
@@ -292,7 +292,7 @@ def test_cont_variant_end_to_end(tmp_path):
     net = Supernet(SupernetConfig(channels=4, layers=1, num_classes=10))
     variables = net.init(jax.random.key(3), ds.image_shape)
     meta = {
-        "format": pretrain._META_FORMAT,
+        "format": ckpt.SUPERNET_FORMAT,
         "space": "darts",
         "channels": 4,
         "layers": 1,
@@ -307,7 +307,7 @@ def test_cont_variant_end_to_end(tmp_path):
         "seed": 0,
         "split_seed": 0,
     }
-    pretrain.save_supernet(tmp_path / "pre" / "supernet", variables, meta)
+    ckpt.save_supernet(tmp_path / "pre" / "supernet", variables, meta)
     out = tmp_path / "cont"
     argv = TINY + [
         "--variant",
