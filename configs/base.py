@@ -32,7 +32,7 @@ def get_config() -> dict:
             "augment_valid": True,
             "reward_path": "discrete",
             "nwot_flavour": "reference",
-            "invalid_reward": 0.0,
+            "invalid_reward": None,  # None: the reward kind's default
             "reward_norm": False,  # not in the reference; the quick preset uses it
         },
         "ppo": {

@@ -115,7 +115,9 @@ def resolve(cfg: dict):
         kind=e["reward"],
         path=e["reward_path"],
         bn_train=e["nwot_flavour"] == "original",
-        invalid_reward=float(e["invalid_reward"]),
+        invalid_reward=None
+        if e["invalid_reward"] is None
+        else float(e["invalid_reward"]),
     )
     env_cfg = EnvConfig(
         kind=e["kind"],
@@ -132,6 +134,7 @@ def resolve(cfg: dict):
         weight_step_period=1 if dartsrl else int(e["weight_step_period"]),
         augment_valid=bool(e["augment_valid"]),
         reward_norm=bool(e["reward_norm"]),
+        nwot_flavour=e["nwot_flavour"],
     )
     num_envs = int(e["num_envs"])
     n_steps = math.ceil(int(p["transitions_per_update"]) / num_envs)
