@@ -75,6 +75,7 @@ __all__ = [
     "observe",
     "episode_reward",
     "lockstep_cond",
+    "map_envs",
     "nwot_original_batch",
     "LockstepEnv",
 ]
