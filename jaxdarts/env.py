@@ -739,8 +739,14 @@ def map_envs(fn, keys, states, params, params_axis=None):
         return local(keys, states, params)
     env_spec = P(DATA_AXIS)
     params_spec = P() if params_axis is None else env_spec
+    # check_vma=False: the supernet's loops start from unsharded constants (e.g. a
+    # zero accumulator), which the varying-axes check would reject; every device
+    # computes only its own envs, so nothing needs that check here.
     sharded = jax.shard_map(
-        local, in_specs=(env_spec, env_spec, params_spec), out_specs=env_spec
+        local,
+        in_specs=(env_spec, env_spec, params_spec),
+        out_specs=env_spec,
+        check_vma=False,
     )
     return sharded(keys, states, params)
 
