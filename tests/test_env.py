@@ -284,6 +284,7 @@ def test_lockstep_reward_equals_scoring_by_hand(disc):
     np.testing.assert_array_equal(st.valid_pos, st0.valid_pos + 1)
 
 
+@pytest.mark.slow
 def test_continuous_vmap_lockstep_and_single_envs_agree(cont):
     cfg, params = cont
     n = 2
@@ -442,6 +443,7 @@ def test_grad_obs_reward_goes_through_the_guard(cont):
 
 
 # -------------------------------------------------- final rollout, NWOT flavour
+@pytest.mark.slow
 def test_final_rollout_uses_the_given_drifted_weights(digits):
     from jaxdarts.ppo.networks import init_agent
     from jaxdarts.ppo.train import evaluate_policy
