@@ -101,6 +101,7 @@ def env_config(cfg: Mapping[str, Any], image_shape, num_classes: int):
         augment_valid=e["augment_valid"],
         crop_pad=default_crop_pad(image_shape[0]),
         reward_norm=e["reward_norm"],
+        nwot_flavour=e["nwot_flavour"],
     )
 
 

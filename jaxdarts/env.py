@@ -1,6 +1,6 @@
 """Pure architecture-search environments (gymnax-style).
 
-Two environments act on the alphas of a DARTS supernet (paper §3, reference.md §2):
+Two environments act on the alphas of a DARTS supernet:
 
 * **discrete**: 28-step episodes (14 normal edges, then 14 reduction edges). Action
   ``a`` sets the logit of op ``a`` on the current edge to a sentinel (1e6), so that edge
@@ -12,22 +12,34 @@ Two environments act on the alphas of a DARTS supernet (paper §3, reference.md 
   optionally a periodic SGD step on the supernet weights (each env carries its own
   weights and optimiser state in its state). Reward at the end: accuracy or -loss.
 
-Everything is a pure function of ``(key, state, action, params)``. ``reset``/``step``
-are the single-env API (``step`` auto-resets); :class:`LockstepEnv` steps many envs at
-once. Episodes have a fixed length and all envs start together, so they end together:
-the episode-end reward of all envs is computed in one batched call under a ``lax.cond``
-on the shared step counter, instead of a per-env ``cond`` (which ``vmap`` would turn
-into a ``select`` that runs the supernet every step).
+One contract (gymnax's, with gymnasium's terminated/truncated pair), pure functions:
 
-Observation layouts (reference.md §2): discrete / continuous without gradient,
+* ``reset(key, params) -> (obs, state)``
+* ``step(key, state, action, params)
+  -> (obs, state, reward, terminated, truncated, info)``, auto-resetting.
+
+Many envs: ``jax.vmap(step, in_axes=(0, 0, 0, None))`` over keys, states and actions,
+or :class:`LockstepEnv`, which is exactly that (plus the key split). The vmapped step
+stays cheap: the episode-end work (the reward's supernet pass, the auto-reset) and the
+periodic weight step sit behind :func:`lockstep_cond`, a ``lax.cond`` whose ``vmap``
+rule branches once on "any env is due" instead of becoming a ``select`` that runs the
+supernet on every step. Episodes have a fixed length, so envs that start together end
+together and only the last step of an episode pays for a reward. Each env draws its
+first validation batch from its reset key, so vmapped envs walk the validation set
+from different places without an ``index`` argument.
+
+Observation layouts: discrete / continuous without gradient,
 ``[softmax(a_N), softmax(a_R)]`` flattened (224 floats in the DARTS space); with
-gradient ``[softmax(a_N), dL/da_N, softmax(a_R), dL/da_R]`` (448); continuous
+gradient ``[softmax(a_N), dL/da_N, softmax(a_R), dL/da_R]`` (448, blockwise as in the
+reference code, where the paper's Eq. 10 interleaves per edge); continuous
 observations are stacked ``[frame_stack, D]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -35,9 +47,18 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 from jax import lax
+from jax.custom_batching import custom_vmap
+from jax.sharding import PartitionSpec as P
 
 from jaxdarts import data as data_lib
-from jaxdarts.rewards import RewardConfig, neg_loss, score_one
+from jaxdarts.rewards import (
+    RewardConfig,
+    guard_reward,
+    logits_reward,
+    neg_loss,
+    score_one,
+)
+from jaxdarts.sharding import DATA_AXIS
 from jaxdarts.spaces import NUM_EDGES
 from jaxdarts.supernet import Supernet, SupernetConfig, get_supernet
 
@@ -45,14 +66,26 @@ __all__ = [
     "EnvConfig",
     "EnvParams",
     "EnvState",
+    "NWOT_FLAVOURS",
+    "ORIGINAL_NWOT_BATCH",
     "make_params",
     "reset",
+    "reset_episode",
     "step",
     "observe",
+    "episode_reward",
+    "lockstep_cond",
+    "map_envs",
+    "nwot_original_batch",
     "LockstepEnv",
-    "observation_space",
-    "action_space",
 ]
+
+#: ``reference``: the env's (augmented, changing) validation batch and eval-mode BN;
+#: ``original`` (Mellor et al.): one fixed, un-augmented batch of 128, train-mode BN.
+NWOT_FLAVOURS = ("reference", "original")
+
+#: Batch size of the original NWOT flavour.
+ORIGINAL_NWOT_BATCH = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +95,8 @@ class EnvConfig:
     Attributes:
       kind: ``discrete`` or ``continuous``.
       net: the supernet.
-      reward: how the episode-end reward is computed.
+      reward: how the episode-end reward is computed (its ``invalid_reward`` is the
+        reward of an invalid score, below every valid reward of the kind).
       batch_size: images per reward (and per weight step).
       sentinel: logit written by a discrete action (reference: 1e6).
       alpha_std: alphas are re-drawn as ``alpha_std * N(0, 1)`` at every reset.
@@ -76,9 +110,13 @@ class EnvConfig:
       augment_valid: crop + flip the validation batch (the reference does).
       crop_pad: crop padding of the augmentation.
       reward_norm: return ``(r - mean) / std`` of this env's earlier episode rewards
-        (0 for the first two episodes; clipped to [-10, 10]) instead of ``r`` (not in the reference; helps short
-        runs on rewards with a large offset such as NWOT). ``info['raw_reward']``
-        always holds ``r``.
+        (0 for the first two episodes; clipped to [-10, 10]) instead of ``r`` (not in
+        the reference; helps short runs on rewards with a large offset such as
+        NWOT). ``info['raw_reward']`` always holds ``r``.
+      nwot_flavour: ``reference`` or ``original`` (:data:`NWOT_FLAVOURS`). The
+        original flavour (discrete env, nwot reward) scores every architecture on
+        the same batch, the first 128 validation images, un-augmented, with
+        train-mode BatchNorm; it ignores ``batch_size`` and ``augment_valid``.
     """
 
     kind: str = "discrete"
@@ -99,6 +137,7 @@ class EnvConfig:
     augment_valid: bool = True
     crop_pad: int = 4
     reward_norm: bool = False
+    nwot_flavour: str = "reference"
 
     def __post_init__(self):
         if self.kind not in ("discrete", "continuous"):
@@ -115,6 +154,30 @@ class EnvConfig:
         for name in ("batch_size", "sweeps", "frame_stack", "weight_step_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"env {name} must be >= 1, got {getattr(self, name)}")
+        if self.nwot_flavour not in NWOT_FLAVOURS:
+            raise ValueError(
+                f"env nwot_flavour must be one of {list(NWOT_FLAVOURS)}, got "
+                f"{self.nwot_flavour!r}"
+            )
+        if self.nwot_original:
+            if self.reward.kind != "nwot":
+                raise ValueError(
+                    "env nwot_flavour='original' is for the nwot reward; got the "
+                    f"{self.reward.kind} reward: use nwot_flavour='reference'"
+                )
+            # The original flavour scores with batch statistics.
+            reward = dataclasses.replace(self.reward, bn_train=True)
+            object.__setattr__(self, "reward", reward)
+
+    @property
+    def nwot_original(self) -> bool:
+        """Whether rewards follow the original NWOT (fixed batch of 128)."""
+        return self.nwot_flavour == "original"
+
+    @property
+    def reward_batch_size(self) -> int:
+        """Images per reward: ``batch_size``, or 128 for the original NWOT."""
+        return ORIGINAL_NWOT_BATCH if self.nwot_original else self.batch_size
 
     @property
     def episode_length(self) -> int:
@@ -126,6 +189,7 @@ class EnvConfig:
 
     @property
     def num_ops(self) -> int:
+        """Ops per edge: the discrete action count or the continuous action size."""
         return self.supernet.num_ops
 
     @property
@@ -134,6 +198,7 @@ class EnvConfig:
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
+        """One env's observation: ``[D]`` (discrete) or ``[frame_stack, D]``."""
         if self.kind == "discrete":
             return (self.frame_size,)
         return (self.frame_stack, self.frame_size)
@@ -170,7 +235,7 @@ class EnvState:
     Attributes:
       alpha_normal, alpha_reduce: ``[14, K]`` raw alphas.
       t: step within the episode (int32).
-      valid_pos: index of the next validation batch (int32).
+      valid_pos: index of the next validation batch (int32; drawn at :func:`reset`).
       frames: ``[F, D]`` stacked observations (continuous; ``[1, D]`` for discrete).
       grad: ``[2, 14, K]`` last alpha gradient (continuous with ``grad_obs``).
       variables: this env's supernet variables (continuous with weight step) or None.
@@ -223,7 +288,15 @@ def make_params(
     train_labels=None,
 ) -> EnvParams:
     """Builds :class:`EnvParams`, checking shapes before anything is compiled."""
-    if len(valid_images) < config.batch_size:
+    need = config.reward_batch_size
+    if len(valid_images) < need:
+        if config.nwot_original:
+            raise ValueError(
+                f"the original NWOT flavour scores every architecture on the first "
+                f"{need} validation images, but the validation half has "
+                f"{len(valid_images)}: use a larger dataset or "
+                "env.nwot_flavour=reference"
+            )
         raise ValueError(
             f"the validation set has {len(valid_images)} images, fewer than the reward "
             f"batch size {config.batch_size}: lower --batch-size"
@@ -247,18 +320,32 @@ def make_params(
     )
 
 
-def observation_space(config: EnvConfig) -> dict[str, Any]:
-    """``{'shape', 'low', 'high', 'dtype'}`` of one observation."""
-    low = 0.0 if config.kind == "discrete" else -float("inf")
-    high = 1.0 if config.kind == "discrete" else float("inf")
-    return {"shape": config.obs_shape, "low": low, "high": high, "dtype": "float32"}
+def nwot_original_batch(images, labels, mean, std) -> tuple[jax.Array, jax.Array]:
+    """The batch of the original NWOT flavour: the first 128 images, un-augmented.
 
+    The env scores every architecture of a run on this batch of its validation half
+    (in the half's fixed order); ``jaxdarts.score`` can call it on the same images
+    for the same semantics (with train-mode BatchNorm, ``RewardConfig(bn_train=True)``).
 
-def action_space(config: EnvConfig) -> dict[str, Any]:
-    """Discrete: ``{'kind': 'discrete', 'n': K}``; continuous: a ``[-1, 1]^K`` box."""
-    if config.kind == "discrete":
-        return {"kind": "discrete", "n": config.num_ops}
-    return {"kind": "continuous", "shape": (config.num_ops,), "low": -1.0, "high": 1.0}
+    Args:
+      images: ``[N, H, W, C]`` raw images (uint8 or [0, 1] floats), ``N >= 128``.
+      labels: ``[N]``.
+      mean, std: ``[C]`` normalisation.
+
+    Returns:
+      ``(x [128, H, W, C] normalised float32, y [128] int32)``.
+
+    Raises:
+      ValueError: fewer than 128 images.
+    """
+    b = ORIGINAL_NWOT_BATCH
+    if len(images) < b:
+        raise ValueError(
+            f"the original NWOT flavour needs {b} images, got {len(images)}: use a "
+            "larger dataset or the reference flavour"
+        )
+    x = data_lib.normalize(jnp.asarray(images[:b]), jnp.asarray(mean), jnp.asarray(std))
+    return x, jnp.asarray(labels[:b], jnp.int32)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -279,10 +366,14 @@ def observe(state: EnvState, params: EnvParams) -> jax.Array:
     return state.frames
 
 
+def _num_batches(n: int, b: int) -> int:
+    return max(n // b, 1)
+
+
 def _batch(key, images, labels, pos, params: EnvParams, augment: bool):
     """Batch ``pos`` of ``images`` in order (wrapping; short last batch skipped)."""
     b = params.config.batch_size
-    nb = images.shape[0] // b
+    nb = _num_batches(images.shape[0], b)
     start = (pos % nb) * b
     x = lax.dynamic_slice_in_dim(images, start, b)
     y = lax.dynamic_slice_in_dim(labels, start, b)
@@ -303,6 +394,10 @@ def _batch(key, images, labels, pos, params: EnvParams, augment: bool):
 
 def _valid_batch(key, state: EnvState, params: EnvParams):
     """This env's next validation batch (normalised; augmented if configured)."""
+    if params.config.nwot_original:
+        return nwot_original_batch(
+            params.valid_images, params.valid_labels, params.mean, params.std
+        )
     return _batch(
         key,
         params.valid_images,
@@ -333,46 +428,67 @@ def _draw_alphas(key, config: EnvConfig):
     )
 
 
-def reset(key: jax.Array, params: EnvParams, state: EnvState | None = None, index=0):
-    """Starts an episode: fresh alphas, ``t = 0``.
+# ---------------------------------------------------------------- reset / step
+def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+    """A fresh env: first episode, weights from ``params``.
 
-    Supernet weights, optimiser state and the validation position carry over from
-    ``state`` when given (the reference never resets them); the first reset takes the
-    weights from ``params``. ``index`` offsets the first validation batch so that
-    parallel envs see different batches.
+    The env's first validation batch is drawn from ``key`` (uniform over the
+    validation batches), so envs reset with different keys walk the validation set
+    from different places; later rewards take the following batches in order.
+
+    Returns:
+      ``(obs, state)``.
+    """
+    config = params.config
+    k_episode, k_pos = jax.random.split(key)
+    carry_weights = config.weight_step
+    variables = params.variables if carry_weights else None
+    opt_state = _sgd(config).init(variables["params"]) if carry_weights else None
+    nb = _num_batches(params.valid_images.shape[0], config.batch_size)
+    state = EnvState(
+        alpha_normal=jnp.zeros((NUM_EDGES, config.num_ops), jnp.float32),
+        alpha_reduce=jnp.zeros((NUM_EDGES, config.num_ops), jnp.float32),
+        t=jnp.zeros((), jnp.int32),
+        valid_pos=jax.random.randint(k_pos, (), 0, nb, jnp.int32),
+        frames=jnp.zeros((1, config.frame_size), jnp.float32),
+        grad=jnp.zeros((2, NUM_EDGES, config.num_ops), jnp.float32),
+        variables=variables,
+        opt_state=opt_state,
+        episodes=jnp.zeros((), jnp.int32),
+        reward_stats=jnp.zeros((3,), jnp.float32),
+    )
+    return reset_episode(k_episode, state, params)
+
+
+def reset_episode(
+    key: jax.Array, state: EnvState, params: EnvParams
+) -> tuple[jax.Array, EnvState]:
+    """Starts a new episode of ``state``'s env: fresh alphas, ``t = 0``.
+
+    What outlives an episode carries over (the reference never resets it): this
+    env's supernet weights and SGD state (weight step), its validation position, its
+    episode count and reward statistics. ``step`` auto-resets with it; call it to
+    start an extra episode from the end of a run, e.g. the final rollout of a search
+    on the weights that drifted during the run.
 
     Returns:
       ``(obs, state)``.
     """
     config = params.config
     an, ar = _draw_alphas(key, config)
-    k = config.num_ops
-    if state is None:
-        carry_weights = config.weight_step
-        variables = params.variables if carry_weights else None
-        opt_state = _sgd(config).init(variables["params"]) if carry_weights else None
-        valid_pos = jnp.asarray(index, jnp.int32)
-        episodes = jnp.zeros((), jnp.int32)
-        reward_stats = jnp.zeros((3,), jnp.float32)
-    else:
-        variables, opt_state = state.variables, state.opt_state
-        valid_pos, episodes = state.valid_pos, state.episodes
-        reward_stats = state.reward_stats
     n_frames = config.frame_stack if config.kind == "continuous" else 1
-    fresh = EnvState(
+    fresh = state.replace(
         alpha_normal=an,
         alpha_reduce=ar,
         t=jnp.zeros((), jnp.int32),
-        valid_pos=valid_pos,
-        frames=jnp.zeros((n_frames, config.frame_size), jnp.float32),
-        grad=jnp.zeros((2, NUM_EDGES, k), jnp.float32),
-        variables=variables,
-        opt_state=opt_state,
-        episodes=episodes,
-        reward_stats=reward_stats,
+        grad=jnp.zeros((2, NUM_EDGES, config.num_ops), jnp.float32),
     )
     frame = _frame(fresh, config)
-    fresh = fresh.replace(frames=jnp.broadcast_to(frame, fresh.frames.shape))
+    fresh = fresh.replace(
+        frames=jnp.broadcast_to(frame, (n_frames, config.frame_size)).astype(
+            jnp.float32
+        )
+    )
     return observe(fresh, params), fresh
 
 
@@ -428,7 +544,11 @@ def _weight_step(key, state: EnvState, params: EnvParams) -> EnvState:
 
 
 def _val_loss_and_grad(key, state: EnvState, params: EnvParams):
-    """Eval-mode validation loss, its alpha gradient and the logits; advances valid_pos."""
+    """Eval-mode validation loss gradient and logits; advances valid_pos.
+
+    Returns:
+      ``(state with grad, (logits [B, classes], labels [B]))``.
+    """
     config = params.config
     net = config.supernet
     kx, kn = jax.random.split(key)
@@ -440,15 +560,24 @@ def _val_loss_and_grad(key, state: EnvState, params: EnvParams):
         logits, _, _ = net.apply_dense(variables, wn, wr, x, key=kn)
         return -neg_loss(logits, y), logits
 
-    (loss, logits), (gn, gr) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+    (_, logits), (gn, gr) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
         state.alpha_normal, state.alpha_reduce
     )
     state = state.replace(grad=jnp.stack([gn, gr]), valid_pos=state.valid_pos + 1)
-    return state, loss, logits, y
+    return state, (logits, y)
+
+
+def _reward_config(config: EnvConfig) -> RewardConfig:
+    if config.kind == "continuous":
+        return dataclasses.replace(config.reward, path="dense")
+    return config.reward
 
 
 def episode_reward(key: jax.Array, state: EnvState, params: EnvParams):
-    """Reward of the architecture in ``state`` on the next validation batch.
+    """Reward of the architecture in ``state`` on its next validation batch.
+
+    Invalid scores (singular kernel, non-finite logits or score) give the reward
+    config's ``invalid_reward`` (:func:`jaxdarts.rewards.guard_reward`).
 
     Returns:
       ``(reward, valid, state)`` with ``valid_pos`` advanced.
@@ -457,13 +586,11 @@ def episode_reward(key: jax.Array, state: EnvState, params: EnvParams):
     net = config.supernet
     kx, kn = jax.random.split(key)
     x, y = _valid_batch(kx, state, params)
-    if config.kind == "discrete" and config.reward.path == "discrete":
+    reward_cfg = _reward_config(config)
+    if reward_cfg.path == "discrete":
         arch = net.choices(state.alpha_normal, state.alpha_reduce)
     else:
         arch = net.edge_weights(state.alpha_normal, state.alpha_reduce)
-    reward_cfg = config.reward
-    if config.kind == "continuous":
-        reward_cfg = dataclasses.replace(reward_cfg, path="dense")
     r, ok = score_one(
         net,
         _variables(state, params),
@@ -474,31 +601,211 @@ def episode_reward(key: jax.Array, state: EnvState, params: EnvParams):
         reward_cfg,
         kn if "noise" in net.op_names else None,
     )
+    r, ok = guard_reward(r, ok, reward_cfg)
     return r, ok, state.replace(valid_pos=state.valid_pos + 1)
 
 
-def _post_action(key, state: EnvState, params: EnvParams, t_shared, batched: bool):
-    """Weight step and gradient observation of the continuous env (after an action)."""
+# ------------------------------------------------------------- lockstep branches
+def _select(pred, on_true, on_false):
+    """Per-env ``where(pred[i], on_true[i], on_false[i])`` over a pytree."""
+
+    def one(a, b):
+        return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(one, on_true, on_false)
+
+
+def lockstep_cond(
+    pred: jax.Array,
+    true_fn: Callable[[Any], Any],
+    false_fn: Callable[[Any], Any],
+    operand: Any,
+    batched_true_fn: Callable[..., Any] | None = None,
+) -> Any:
+    """``lax.cond(pred, true_fn, false_fn, operand)`` that stays a branch under vmap.
+
+    Under ``jax.vmap`` a ``lax.cond`` with a batched predicate becomes a ``select``
+    that runs both branches for every element. Here the vmap rule instead branches
+    once on ``any(pred)`` (an unbatched scalar, a real ``lax.cond``): when some
+    element is due, ``true_fn`` runs for the whole batch and each element keeps its
+    own branch's result; otherwise only ``false_fn`` runs. Envs in lockstep are all
+    due or all not, so the expensive branch runs exactly when needed. Nested vmaps
+    apply the rule at every level. Everything traced must come in through
+    ``operand`` (``true_fn``/``false_fn`` may close over static values only).
+
+    Args:
+      pred: bool scalar.
+      true_fn, false_fn: ``operand -> out`` of the same structure.
+      operand: pytree.
+      batched_true_fn: optional ``(operand, batched, axis_size) -> out`` with every
+        output leaf batched over a leading axis of ``axis_size``, where ``batched``
+        is the operand's tree of bools (whether a leaf has that axis); defaults to
+        ``jax.vmap(true_fn)`` (e.g. pass one that loops with ``lax.map``, or
+        shards, instead).
+
+    Returns:
+      The branch's output.
+    """
+
+    @custom_vmap
+    def gated(pred, operand):
+        return lax.cond(pred, true_fn, false_fn, operand)
+
+    @gated.def_vmap
+    def rule(axis_size, in_batched, pred, operand):
+        pred_batched, op_batched = in_batched
+        axes = jax.tree.map(lambda b: 0 if b else None, op_batched)
+        vfalse = jax.vmap(false_fn, in_axes=(axes,), axis_size=axis_size)
+        if batched_true_fn is None:
+            vtrue = jax.vmap(true_fn, in_axes=(axes,), axis_size=axis_size)
+        else:
+            vtrue = functools.partial(
+                batched_true_fn, batched=op_batched, axis_size=axis_size
+            )
+
+        def on(args):
+            p, op = args
+            out = vtrue(op)
+            return _select(p, out, vfalse(op)) if pred_batched else out
+
+        any_pred = jnp.any(pred) if pred_batched else pred
+        out = lockstep_cond(any_pred, on, lambda a: vfalse(a[1]), (pred, operand))
+        return out, jax.tree.map(lambda _: True, out)
+
+    return gated(pred, operand)
+
+
+# ------------------------------------------------------------------ episode end
+def _close_episode(key, state: EnvState, r, ok, params: EnvParams):
+    """Counts the episode, normalises the reward, auto-resets."""
+    state = state.replace(episodes=state.episodes + 1)
+    agent_r, state = _normalize_reward(state, r, ok, params.config)
+    _, state = reset_episode(key, state, params)
+    return agent_r, r, ok, state
+
+
+def _finish(operand):
+    """Episode end of one env: ``(agent reward, raw reward, valid, state)``."""
+    key, state, params, cached = operand
+    k_reward, k_reset = jax.random.split(key)
+    if cached is not None:  # continuous with grad_obs: reuse this step's forward
+        r, ok = logits_reward(*cached, _reward_config(params.config))
+    else:
+        r, ok, state = episode_reward(k_reward, state, params)
+    return _close_episode(k_reset, state, r, ok, params)
+
+
+def _carry_on(operand):
+    _, state, _, _ = operand
+    z = jnp.zeros((), jnp.float32)
+    return z, z, jnp.ones((), bool), state
+
+
+def _mesh_split(num_envs: int) -> int:
+    """Devices of the current mesh's data axis that divide ``num_envs`` (else 1)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return 1
+    n = mesh.shape[DATA_AXIS]
+    return n if n > 1 and num_envs % n == 0 else 1
+
+
+def map_envs(fn, keys, states, params, params_axis=None):
+    """``fn(key, state, params)`` for each env, one after another (``lax.map``).
+
+    A loop keeps the discrete supernet's per-edge ``lax.switch`` a real branch
+    (``vmap`` would turn it into a ``select`` that runs every op). Under a mesh with
+    a :data:`jaxdarts.sharding.DATA_AXIS` axis of ``n > 1`` devices that divides the
+    env count (``jax.set_mesh``), the envs are split over the devices with
+    ``jax.shard_map`` and each device loops over its own envs; otherwise (no mesh,
+    one device) it is the plain loop.
+
+    Args:
+      fn: ``(key, state, params) -> pytree``.
+      keys: ``[E]`` keys; states: pytree of ``[E, ...]``.
+      params: shared (``params_axis=None``) or per env (``0``).
+
+    Returns:
+      ``fn``'s outputs stacked ``[E, ...]``.
+    """
+
+    def local(keys, states, params):
+        if params_axis is None:
+            return lax.map(lambda a: fn(a[0], a[1], params), (keys, states))
+        return lax.map(lambda a: fn(*a), (keys, states, params))
+
+    devices = _mesh_split(keys.shape[0])
+    if devices == 1:
+        return local(keys, states, params)
+    env_spec = P(DATA_AXIS)
+    params_spec = P() if params_axis is None else env_spec
+    # check_vma=False: the supernet's loops start from unsharded constants (e.g. a
+    # zero accumulator), which the varying-axes check would reject; every device
+    # computes only its own envs, so nothing needs that check here.
+    sharded = jax.shard_map(
+        local,
+        in_specs=(env_spec, env_spec, params_spec),
+        out_specs=env_spec,
+        check_vma=False,
+    )
+    return sharded(keys, states, params)
+
+
+def _finish_batched(operand, batched, axis_size):
+    """:func:`_finish` for a batch of envs (one batched or looped reward call)."""
+    key, state, params, cached = operand
+    key_b, state_b, params_b, cached_b = batched
+
+    def batch(x, b):  # per-env parts to a leading env axis
+        return jax.tree.map(
+            lambda v, vb: v if vb else jnp.broadcast_to(v, (axis_size,) + v.shape),
+            x,
+            b,
+        )
+
+    key, state, cached = (
+        batch(key, key_b),
+        batch(state, state_b),
+        batch(cached, cached_b),
+    )
+    p_axis = 0 if any(jax.tree.leaves(params_b)) else None
+    if p_axis == 0:
+        params = batch(params, params_b)
+    ks = jax.vmap(jax.random.split)(key)
+    k_reward, k_reset = ks[:, 0], ks[:, 1]
+    config = params.config
+    if cached is not None:
+        r, ok = jax.vmap(logits_reward, (0, 0, None))(*cached, _reward_config(config))
+    elif _reward_config(config).path == "discrete":
+        r, ok, state = map_envs(episode_reward, k_reward, state, params, p_axis)
+    else:
+        r, ok, state = jax.vmap(episode_reward, (0, 0, p_axis))(k_reward, state, params)
+    return jax.vmap(_close_episode, (0, 0, 0, 0, p_axis))(k_reset, state, r, ok, params)
+
+
+def _post_action(key, state: EnvState, params: EnvParams):
+    """Weight step and gradient observation of the continuous env (after an action).
+
+    Returns:
+      ``(state, cached)`` where ``cached`` is this step's validation ``(logits,
+      labels)`` with ``grad_obs`` (the episode-end reward reuses them) or None.
+    """
     config = params.config
     kw, kg = jax.random.split(key)
     if config.weight_step:
+        t = state.t
         sweep_len = 2 * NUM_EDGES
-        due = (t_shared % sweep_len == 0) & (
-            (t_shared // sweep_len) % config.weight_step_period == 0
+        due = (t % sweep_len == 0) & ((t // sweep_len) % config.weight_step_period == 0)
+        state = lockstep_cond(
+            due,
+            lambda op: _weight_step(*op),
+            lambda op: op[1],
+            (kw, state, params),
         )
-        fn = jax.vmap(_weight_step, (0, 0, None)) if batched else _weight_step
-        keys = jax.random.split(kw, state.t.shape[0]) if batched else kw
-        state = lax.cond(due, lambda s: fn(keys, s, params), lambda s: s, state)
-    loss = logits = labels = None
+    cached = None
     if config.grad_obs:
-        fn = (
-            jax.vmap(_val_loss_and_grad, (0, 0, None))
-            if batched
-            else _val_loss_and_grad
-        )
-        keys = jax.random.split(kg, state.t.shape[0]) if batched else kg
-        state, loss, logits, labels = fn(keys, state, params)
-    return state, (loss, logits, labels)
+        state, cached = _val_loss_and_grad(kg, state, params)
+    return state, cached
 
 
 def _push_frame(state: EnvState, config: EnvConfig) -> EnvState:
@@ -508,63 +815,58 @@ def _push_frame(state: EnvState, config: EnvConfig) -> EnvState:
     return state.replace(frames=jnp.concatenate([state.frames[1:], frame[None]], 0))
 
 
-def _final_reward_from(cached, config: EnvConfig):
-    loss, logits, labels = cached
-    if config.reward.kind == "acc":
-        return jnp.mean(jnp.argmax(logits, -1) == labels, axis=-1).astype(jnp.float32)
-    return -loss
-
-
 def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
     """One step of one env (gymnax API), with auto-reset.
 
+    ``jax.vmap(step, in_axes=(0, 0, 0, None))`` steps many envs; the supernet runs
+    only on the steps that end an episode (and, for the continuous env, for the
+    gradient observation and the periodic weight step).
+
     Args:
-      action: int op index (discrete) or ``[K]`` floats (continuous).
+      key: PRNG key.
+      state: :class:`EnvState`.
+      action: int op index (discrete) or ``[K]`` floats (continuous; clipped to
+        [-1, 1]).
+      params: :class:`EnvParams`.
 
     Returns:
-      ``(obs, state, reward, terminated, truncated, info)``; on the last step of an
-      episode ``obs`` is the first observation of the next episode and
-      ``info['final_obs']`` the last one of the finished episode.
+      ``(obs, state, reward, terminated, truncated, info)``: ``reward`` is 0 except at
+      the end of an episode (normalised when ``reward_norm``); ``truncated`` is
+      always False; ``info`` holds ``raw_reward`` (the reward before normalisation),
+      ``valid`` (False for an invalid score), ``final_alphas`` ``[2, 14, K]`` and
+      ``final_obs`` (the state before the auto-reset). On the last step ``obs`` is
+      the first observation of the next episode.
     """
     config = params.config
-    k_post, k_reward, k_reset = jax.random.split(key, 3)
+    k_post, k_end = jax.random.split(key)
     state = _apply_action(state, action, config)
-    state, cached = _post_action(k_post, state, params, state.t, batched=False)
+    state, cached = _post_action(k_post, state, params)
     state = _push_frame(state, config)
-    done = state.t >= config.episode_length
-    final_obs = observe(state, params)
+    terminated = state.t >= config.episode_length
     info = {
         "final_alphas": jnp.stack([state.alpha_normal, state.alpha_reduce]),
-        "valid": jnp.ones((), bool),
+        "final_obs": observe(state, params),
     }
-
-    def finish(s):
-        if config.kind == "continuous" and config.grad_obs:
-            r, ok = _final_reward_from(cached, config), jnp.ones((), bool)
-        else:
-            r, ok, s = episode_reward(k_reward, s, params)
-        s = s.replace(episodes=s.episodes + 1)
-        agent_r, s = _normalize_reward(s, r, ok, config)
-        _, s = reset(k_reset, params, s)
-        return agent_r, r, ok, s
-
-    def carry_on(s):
-        z = jnp.zeros((), jnp.float32)
-        return z, z, jnp.ones((), bool), s
-
-    reward, raw, ok, state = lax.cond(done, finish, carry_on, state)
-    info["valid"] = ok
+    reward, raw, ok, state = lockstep_cond(
+        terminated,
+        _finish,
+        _carry_on,
+        (k_end, state, params, cached),
+        batched_true_fn=_finish_batched,
+    )
     info["raw_reward"] = raw
-    info["final_obs"] = final_obs
-    return observe(state, params), state, reward, done, jnp.zeros((), bool), info
+    info["valid"] = ok
+    truncated = jnp.zeros((), bool)
+    return observe(state, params), state, reward, terminated, truncated, info
 
 
 @dataclasses.dataclass(frozen=True)
 class LockstepEnv:
-    """``num_envs`` environments stepped together (the PPO ``VecEnv`` contract).
+    """``num_envs`` envs stepped together: ``vmap`` of :func:`reset`/:func:`step`.
 
-    ``step`` auto-resets; all envs share the episode clock, so episode-end rewards are
-    computed for all envs in one batched call behind one ``lax.cond``.
+    The PPO ``VecEnv``: the same functions and return tuple as the single env, with
+    a leading ``[num_envs]`` axis, and one key split over the envs. Hashable (a jit
+    static); holds no arrays.
     """
 
     config: EnvConfig
@@ -583,51 +885,18 @@ class LockstepEnv:
         return self.config.num_ops
 
     def reset(self, key: jax.Array, params: EnvParams):
+        """Returns ``(obs [N, ...], state)``."""
         keys = jax.random.split(key, self.num_envs)
-        index = jnp.arange(self.num_envs, dtype=jnp.int32)
-        return jax.vmap(lambda k, i: reset(k, params, None, i))(keys, index)
+        return jax.vmap(reset, (0, None))(keys, params)
+
+    def reset_episode(self, key: jax.Array, state: EnvState, params: EnvParams):
+        """:func:`reset_episode` of every env; returns ``(obs [N, ...], state)``."""
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(reset_episode, (0, 0, None))(keys, state, params)
 
     def step(
         self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
     ):
-        """Returns ``(obs [N, ...], state, reward [N], done [N], info)``."""
-        config = self.config
-        n = self.num_envs
-        k_post, k_reward, k_reset = jax.random.split(key, 3)
-        state = jax.vmap(_apply_action, (0, 0, None))(state, action, config)
-        t_shared = state.t[0]  # every env is at the same step
-        state, cached = _post_action(k_post, state, params, t_shared, batched=True)
-        state = jax.vmap(_push_frame, (0, None))(state, config)
-        done_shared = t_shared >= config.episode_length
-        alphas = jnp.stack([state.alpha_normal, state.alpha_reduce], 1)
-
-        def finish(s):
-            if config.kind == "continuous" and config.grad_obs:
-                r = _final_reward_from(cached, config)
-                ok = jnp.ones((n,), bool)
-            else:
-                keys = jax.random.split(k_reward, n)
-                if config.kind == "discrete" and config.reward.path == "discrete":
-                    # lax.map keeps the per-edge lax.switch a real branch (vmap would
-                    # turn it into a select that runs every op).
-                    r, ok, s = lax.map(
-                        lambda a: episode_reward(a[0], a[1], params), (keys, s)
-                    )
-                else:
-                    r, ok, s = jax.vmap(episode_reward, (0, 0, None))(keys, s, params)
-            s = s.replace(episodes=s.episodes + 1)
-            agent_r, s = jax.vmap(_normalize_reward, (0, 0, 0, None))(s, r, ok, config)
-            _, s = jax.vmap(lambda k, st: reset(k, params, st))(
-                jax.random.split(k_reset, n), s
-            )
-            return agent_r, r, ok, s
-
-        def carry_on(s):
-            z = jnp.zeros((n,), jnp.float32)
-            return z, z, jnp.ones((n,), bool), s
-
-        reward, raw, ok, state = lax.cond(done_shared, finish, carry_on, state)
-        obs = jax.vmap(observe, (0, None))(state, params)
-        done = jnp.broadcast_to(done_shared, (n,))
-        info = {"final_alphas": alphas, "valid": ok, "raw_reward": raw}
-        return obs, state, reward, done, info
+        """Returns ``(obs, state, reward, terminated, truncated, info)``, each ``[N]``."""
+        keys = jax.random.split(key, self.num_envs)
+        return jax.vmap(step, (0, 0, 0, None))(keys, state, action, params)

@@ -11,8 +11,8 @@ All rewards are pure and batched over many architectures in one call
 
 A kernel that is singular (``det K = 0``, e.g. two identical images in the batch, or
 codes that do not separate two inputs) or a non-finite reward never crashes or poisons
-a search: the reward is then ``invalid_reward`` (default 0.0, far below any NWOT of a
-real batch, which is in the hundreds), and the returned ``valid`` mask says so.
+a search: the reward is then ``invalid_reward`` (per kind, below every valid reward
+of that kind: :data:`INVALID_REWARD`), and the returned ``valid`` mask says so.
 
 References:
   Mellor, Turner, Storkey, Crowley. "Neural Architecture Search without Training",
@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxdarts.supernet import NwotStats, Supernet
@@ -38,6 +39,11 @@ __all__ = [
     "neg_loss",
     "score_architectures",
     "score_one",
+    "INVALID_REWARD",
+    "LOSS_REWARD_FLOOR",
+    "check_invalid_reward",
+    "guard_reward",
+    "logits_reward",
 ]
 
 REWARDS = ("nwot", "acc", "loss")
@@ -53,13 +59,15 @@ class RewardConfig:
         ``lax.map``) or ``dense`` (every op, weighted; batched with ``vmap``).
       bn_train: BatchNorm with batch statistics (the original NWOT flavour) instead of
         running statistics (the reference flavour).
-      invalid_reward: reward of a singular kernel or a non-finite score.
+      invalid_reward: reward of a singular kernel or a non-finite score; ``None``
+        (default) takes the kind's :data:`INVALID_REWARD`. It must be below every
+        valid reward of the kind (see :func:`check_invalid_reward`).
     """
 
     kind: str = "nwot"
     path: str = "discrete"
     bn_train: bool = False
-    invalid_reward: float = 0.0
+    invalid_reward: float | None = None
 
     def __post_init__(self):
         if self.kind not in REWARDS:
@@ -70,6 +78,7 @@ class RewardConfig:
             raise ValueError(
                 f"reward path must be 'discrete' or 'dense', got {self.path!r}"
             )
+        object.__setattr__(self, "invalid_reward", check_invalid_reward(self))
 
 
 def nwot_score(stats: NwotStats) -> tuple[jax.Array, jax.Array]:
@@ -193,3 +202,81 @@ def score_architectures(
     return jax.vmap(one, in_axes=(0, 0, axes, axes, 0))(
         arch_normal, arch_reduce, images, labels, keys
     )
+
+
+# ------------------------------------------------------------- invalid rewards
+#: Lowest valid ``loss`` reward: ``-CE`` is clipped here (a mean true-class
+#: probability below ``e**-100``), so that a fixed invalid value can lie below it.
+LOSS_REWARD_FLOOR = -100.0
+
+#: Default reward of an invalid score (singular NWOT kernel, non-finite logits or
+#: score), per kind; each is below every valid value of its kind:
+#:
+#: * ``nwot``: -1. A non-singular integer kernel has ``|det K| >= 1``, so a valid
+#:   score is ``log|det K| >= 0`` (scores of real batches are in the hundreds).
+#: * ``acc``: -1. Valid accuracies are in [0, 1].
+#: * ``loss``: -101. Valid rewards ``-CE`` are clipped to ``>= -100``.
+#:
+#: Each is a small step below the kind's valid range rather than a huge number: a PPO
+#: value network regresses the returns, and one reward thousands of times larger than
+#: the others would swamp its loss and, through per-minibatch advantage
+#: normalisation, the policy update of every minibatch that holds it.
+INVALID_REWARD = {"nwot": -1.0, "acc": -1.0, "loss": LOSS_REWARD_FLOOR - 1.0}
+
+# Infimum of the valid rewards of each kind (an invalid value must be below it).
+_VALID_LOWER = {"nwot": float(np.log(0.5)), "acc": 0.0, "loss": LOSS_REWARD_FLOOR}
+
+
+def check_invalid_reward(config: RewardConfig) -> float:
+    """The invalid reward of ``config`` (its kind's default when ``None``).
+
+    Raises:
+      ValueError: a given value is not below every valid reward of the kind.
+    """
+    value = config.invalid_reward
+    if value is None:
+        return INVALID_REWARD[config.kind]
+    value = float(value)
+    if not value < _VALID_LOWER[config.kind]:
+        raise ValueError(
+            f"invalid_reward {value} for the {config.kind} reward is not below every "
+            f"valid {config.kind} reward (those are >= {_VALID_LOWER[config.kind]:.3g}): "
+            f"leave env.invalid_reward unset (null) for the default "
+            f"{INVALID_REWARD[config.kind]} or choose a lower value"
+        )
+    return value
+
+
+def guard_reward(
+    reward: jax.Array, valid: jax.Array, config: RewardConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Applies the invalid-reward rule: ``(reward or invalid value, valid)``.
+
+    ``valid`` is and-ed with ``isfinite(reward)``; a ``loss`` reward is clipped to
+    :data:`LOSS_REWARD_FLOOR`. Idempotent, so it may follow :func:`score_one`.
+    """
+    valid = valid & jnp.isfinite(reward)
+    if config.kind == "loss":
+        reward = jnp.maximum(reward, LOSS_REWARD_FLOOR)
+    invalid = jnp.float32(check_invalid_reward(config))
+    return jnp.where(valid, reward, invalid).astype(jnp.float32), valid
+
+
+def logits_reward(
+    logits: jax.Array, labels: jax.Array, config: RewardConfig
+) -> tuple[jax.Array, jax.Array]:
+    """``acc`` or ``loss`` reward of given logits, guarded like :func:`score_one`.
+
+    Args:
+      logits: ``[B, classes]``; labels: ``[B]`` int.
+
+    Returns:
+      ``(reward, valid)`` scalars.
+
+    Raises:
+      ValueError: for the ``nwot`` reward (it needs the ReLU codes, not logits).
+    """
+    if config.kind == "nwot":
+        raise ValueError("the nwot reward cannot be computed from logits")
+    r = accuracy(logits, labels) if config.kind == "acc" else neg_loss(logits, labels)
+    return guard_reward(r, jnp.isfinite(logits).all(), config)

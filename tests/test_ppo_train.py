@@ -94,7 +94,8 @@ class EdgeBandit:
             score=keep(score, jnp.zeros_like(score)),
             arch=keep(arch, jnp.zeros_like(arch)),
         )
-        return self._obs(new_state.step), new_state, reward, done, info
+        truncated = jnp.zeros_like(done)
+        return self._obs(new_state.step), new_state, reward, done, truncated, info
 
 
 DISC_PARAMS = {"best": jnp.array([0, 1, 2, 1])}

@@ -272,7 +272,7 @@ def test_reward_config_errors():
         RewardConfig(kind="nwt")
     with pytest.raises(ValueError, match="'discrete' or 'dense'"):
         RewardConfig(path="sparse")
-    assert RewardConfig().kind == "nwot" and RewardConfig().invalid_reward == 0.0
+    assert RewardConfig().kind == "nwot" and RewardConfig().invalid_reward == -1.0
 
 
 # ------------------------------------------------------------------ batched

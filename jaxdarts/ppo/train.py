@@ -76,13 +76,20 @@ class VecEnv(Protocol):
 
     def step(
         self, key: jax.Array, state: PyTree, action: jax.Array, params: PyTree
-    ) -> tuple[jax.Array, PyTree, jax.Array, jax.Array, PyTree]:
+    ) -> tuple[jax.Array, PyTree, jax.Array, jax.Array, jax.Array, PyTree]:
         """Steps all envs with ``action`` ``[E]`` int32 or ``[E, action_dim]`` float32.
 
-        Returns ``(obs, state, reward [E], done [E], info)``; envs auto-reset on
-        ``done`` (the returned obs is then the first obs of the next episode).
+        Returns ``(obs, state, reward [E], terminated [E], truncated [E], info)``
+        (the single-env gymnax contract with a leading env axis); envs auto-reset
+        when ``terminated | truncated`` (the returned obs is then the first obs of
+        the next episode). A truncation ends the episode like a termination here
+        (no bootstrapping from the final observation).
         """
         ...
+
+    # Optional (only for ``evaluate_policy(..., env_state=...)``):
+    # ``reset_episode(key, state, params) -> (obs, state)`` starts a new episode of
+    # every env while keeping what outlives an episode (e.g. drifted weights).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +199,7 @@ class Transition(NamedTuple):
       values: ``[E]``.
       rewards: ``[E]`` float32.
       episode_starts: Whether ``obs`` starts an episode ``[E]`` bool.
-      dones: ``done`` returned by this step ``[E]`` bool.
+      dones: ``terminated | truncated`` of this step ``[E]`` bool.
       episode_returns: Undiscounted return of the episode that ended at this step
         (valid where ``dones``) ``[E]``.
       episode_lengths: Its length ``[E]`` int32 (valid where ``dones``).
@@ -218,7 +225,7 @@ class EvalRollout(NamedTuple):
       obs: Observations acted on ``[S, E, *obs_shape]``.
       actions: Actions passed to ``env.step`` (continuous: clipped) ``[S, E, ...]``.
       rewards: ``[S, E]``.
-      dones: ``[S, E]``.
+      dones: ``terminated | truncated`` ``[S, E]``.
       info: Stacked info pytree ``[S, E, ...]``.
     """
 
@@ -264,11 +271,11 @@ def collect_rollout(
         k_act, k_env = jax.random.split(step_key)
         flat_obs = _flat(obs, num_envs)
         action, log_prob, value = act(state.params, flat_obs, k_act, False)
-        next_obs, env_state, reward, done, info = env.step(
+        next_obs, env_state, reward, terminated, truncated, info = env.step(
             k_env, env_state, _env_action(action, env.action_kind), env_params
         )
         reward = jnp.asarray(reward, jnp.float32)
-        done = jnp.asarray(done).astype(bool)
+        done = jnp.asarray(terminated).astype(bool) | jnp.asarray(truncated)
         ep_ret = ep_ret + reward
         ep_len = ep_len + 1
         transition = Transition(
@@ -608,8 +615,9 @@ def evaluate_policy(
     key: jax.Array,
     num_steps: int,
     deterministic: bool,
+    env_state: PyTree = None,
 ) -> EvalRollout:
-    """Resets the env and plays ``num_steps`` lockstep steps with the policy.
+    """Starts an episode and plays ``num_steps`` lockstep steps with the policy.
 
     Used to extract the final architecture: with ``num_steps`` = one episode length,
     the architecture is in the last step's ``info`` (or assembled from
@@ -620,6 +628,12 @@ def evaluate_policy(
     "deterministic"))`` (``env`` must be hashable, e.g. a frozen dataclass) or close
     over them with ``functools.partial``.
 
+    By default the env starts fresh (``env.reset``). Given ``env_state`` (e.g. the
+    ``TrainState.env_state`` at the end of a search, or a slice of it for fewer
+    envs), the rollout instead starts a new episode of those envs with
+    ``env.reset_episode``, keeping what outlives an episode: for the continuous env
+    with the weight step, the supernet weights that drifted during the run.
+
     Args:
       params: Agent variables.
       env: The vectorised env.
@@ -627,21 +641,26 @@ def evaluate_policy(
       key: PRNG key (reset, action sampling, env steps).
       num_steps: Steps to play.
       deterministic: Python bool.
+      env_state: Optional env state ``[E, ...]`` to continue from.
 
     Returns:
       :class:`EvalRollout` stacked over ``num_steps``.
     """
     k_reset, k_steps = jax.random.split(key)
-    obs, env_state = env.reset(k_reset, env_params)
+    if env_state is None:
+        obs, env_state = env.reset(k_reset, env_params)
+    else:
+        obs, env_state = env.reset_episode(k_reset, env_state, env_params)
 
     def step(carry, step_key):
         env_state, obs = carry
         k_act, k_env = jax.random.split(step_key)
         action, _, _ = act(params, _flat(obs, env.num_envs), k_act, deterministic)
         action = _env_action(action, env.action_kind)
-        next_obs, env_state, reward, done, info = env.step(
+        next_obs, env_state, reward, terminated, truncated, info = env.step(
             k_env, env_state, action, env_params
         )
+        done = jnp.asarray(terminated).astype(bool) | jnp.asarray(truncated)
         out = EvalRollout(
             obs=obs, actions=action, rewards=reward, dones=done, info=info
         )
