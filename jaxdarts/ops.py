@@ -9,12 +9,15 @@ Every op is called as ``op(x, train, codes)``:
 * ``codes``: ``None``, or a Python list to which every ReLU appends its *input* (the
   tensor whose sign pattern is the NWOT binary code, reference.md §3).
 
-Depthwise convolutions and pools have three exact implementations: XLA's native
+Depthwise convolutions and pools have four exact implementations: XLA's native
 convolution / ``reduce_window`` (``impl="xla"``), sums of shifted, strided slices
-unrolled over the taps (``impl="shift"``), and the same sums in a ``fori_loop`` over
-the taps (``impl="loop"``). XLA:CPU runs grouped convolutions 30-150x slower than the
-shifted form (decisions.md), and the loop form compiles 3x faster than the unrolled
-one at the same speed, so ``"auto"`` picks ``loop`` on CPU and ``xla`` elsewhere.
+unrolled over the taps (``impl="shift"``), the same sums in a ``fori_loop`` over the
+taps (``impl="loop"``), and ``impl="fused"``: the shifted sums forward (XLA fuses all
+taps into one pass over the input) with the loop form's gradient (a custom VJP).
+On XLA:CPU grouped convolutions run 30-150x slower than the shifted form, the shifted
+form runs a forward pass 3-8x faster than the loop (which makes one pass over memory
+per tap), and the loop form's gradient compiles many times faster than the unrolled
+one's, so ``"auto"`` picks ``fused`` on CPU and ``xla`` elsewhere.
 
 References:
   Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019 (operations.py).
@@ -48,14 +51,37 @@ torch_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def resolve_impl(impl: str) -> str:
-    """Maps ``auto`` to ``loop`` on CPU and ``xla`` on other backends."""
+    """Maps ``auto`` to ``fused`` on CPU and ``xla`` on other backends."""
     if impl == "auto":
-        return "loop" if jax.default_backend() == "cpu" else "xla"
-    if impl not in ("shift", "xla", "loop"):
+        return "fused" if jax.default_backend() == "cpu" else "xla"
+    if impl not in ("shift", "xla", "loop", "fused"):
         raise ValueError(
-            f"op impl must be 'auto', 'shift', 'loop' or 'xla', got {impl!r}"
+            f"op impl must be 'auto', 'shift', 'loop', 'fused' or 'xla', got {impl!r}"
         )
     return impl
+
+
+def _shift_forward_loop_gradient(fn: Callable, *args: jax.Array) -> jax.Array:
+    """``fn(*args, impl="shift")`` with the gradient of ``fn(*args, impl="loop")``.
+
+    Both forms sum the same taps in the same order (they agree to float rounding:
+    XLA may contract the fused form's multiply-adds); the custom VJP differentiates
+    the loop form (recomputing it in the backward pass), whose gradient program
+    compiles fast, instead of the unrolled one.
+    """
+
+    @jax.custom_vjp
+    def f(*a):
+        return fn(*a, impl="shift")
+
+    def fwd(*a):
+        return fn(*a, impl="shift"), a
+
+    def bwd(a, g):
+        return jax.vjp(lambda *b: fn(*b, impl="loop"), *a)[1](g)
+
+    f.defvjp(fwd, bwd)
+    return f(*args)
 
 
 def relu(x: jax.Array, codes: Codes) -> jax.Array:
@@ -103,6 +129,12 @@ def _window_loop(xp, k, stride, dilation, ho, wo, combine, init, weights=None):
 def depthwise_conv(x, kernel, stride: int, pad: int, dilation: int, impl: str):
     """Depthwise conv. ``x [B,H,W,C]``, ``kernel [k,k,C]`` -> ``[B,Ho,Wo,C]``."""
     k = kernel.shape[0]
+    if resolve_impl(impl) == "fused":
+        return _shift_forward_loop_gradient(
+            lambda a, b, impl: depthwise_conv(a, b, stride, pad, dilation, impl),
+            x,
+            kernel,
+        )
     if resolve_impl(impl) == "xla":
         return lax.conv_general_dilated(
             x,
@@ -128,6 +160,10 @@ def depthwise_conv(x, kernel, stride: int, pad: int, dilation: int, impl: str):
 
 def max_pool(x, stride: int, impl: str):
     """3x3 max pool, padding 1 (padding never wins)."""
+    if resolve_impl(impl) == "fused":
+        return _shift_forward_loop_gradient(
+            lambda a, impl: max_pool(a, stride, impl), x
+        )
     if resolve_impl(impl) == "xla":
         return lax.reduce_window(
             x,
@@ -161,6 +197,10 @@ def avg_pool(x, stride: int, impl: str):
         for j in range(3)
     )
     count = jnp.asarray(count[None, :, :, None], x.dtype)
+    if resolve_impl(impl) == "fused":
+        return _shift_forward_loop_gradient(
+            lambda a, impl: avg_pool(a, stride, impl), x
+        )
     if resolve_impl(impl) == "xla":
         total = lax.reduce_window(
             x,
