@@ -785,6 +785,8 @@ class Supernet:
                 )
             if st is not None:
                 acc = acc + st.scale(active)
+        if total is None:  # only `none` on this edge
+            total = jnp.zeros(self._op_out_shape(mods[self.none_index], x), x.dtype)
         return total, acc, new_b
 
     def _edge_impl(self) -> str:
