@@ -12,9 +12,9 @@ Every op is called as ``op(x, train, codes)``:
 Depthwise convolutions and pools have four exact implementations: XLA's native
 convolution / ``reduce_window`` (``impl="xla"``), sums of shifted, strided slices
 unrolled over the taps (``impl="shift"``), the same sums in a ``fori_loop`` over the
-taps (``impl="loop"``), and ``impl="fused"``: the shifted sums forward (XLA fuses all
-taps into one pass over the input) with custom gradients (depthwise: the transposed
-convolution as shifted sums and one reduction per tap; pools: the loop form's).
+taps (``impl="loop"``), and ``impl="fused"``: the shifted sums when evaluated (XLA
+fuses all taps into one pass over the input), the loop form when differentiated (a
+custom VJP).
 On XLA:CPU grouped convolutions run 30-150x slower than the shifted form, the shifted
 form runs a forward pass 3-8x faster than the loop (which makes one pass over memory
 per tap), and the loop form's gradient compiles many times faster than the unrolled
@@ -63,12 +63,13 @@ def resolve_impl(impl: str) -> str:
 
 
 def _shift_forward_loop_gradient(fn: Callable, *args: jax.Array) -> jax.Array:
-    """``fn(*args, impl="shift")`` with the gradient of ``fn(*args, impl="loop")``.
+    """``fn(*args, impl="shift")``, differentiated as ``fn(*args, impl="loop")``.
 
-    Both forms sum the same taps in the same order (they agree to float rounding:
-    XLA may contract the fused form's multiply-adds); the custom VJP differentiates
-    the loop form (recomputing it in the backward pass), whose gradient program
-    compiles fast, instead of the unrolled one.
+    Evaluated without differentiation it is the unrolled shifted sum (one fused pass
+    over memory). Under differentiation the forward and backward passes are exactly
+    the loop form's (same values, residuals and gradients), whose gradient program
+    compiles several times faster than the unrolled one's. Both forms sum the same
+    taps in the same order and agree to float rounding.
     """
 
     @jax.custom_vjp
@@ -76,10 +77,11 @@ def _shift_forward_loop_gradient(fn: Callable, *args: jax.Array) -> jax.Array:
         return fn(*a, impl="shift")
 
     def fwd(*a):
-        return fn(*a, impl="shift"), a
+        # The vjp function is a pytree (a jax.tree_util.Partial): a valid residual.
+        return jax.vjp(lambda *b: fn(*b, impl="loop"), *a)
 
-    def bwd(a, g):
-        return jax.vjp(lambda *b: fn(*b, impl="loop"), *a)[1](g)
+    def bwd(vjp, g):
+        return vjp(g)
 
     f.defvjp(fwd, bwd)
     return f(*args)
@@ -131,7 +133,11 @@ def depthwise_conv(x, kernel, stride: int, pad: int, dilation: int, impl: str):
     """Depthwise conv. ``x [B,H,W,C]``, ``kernel [k,k,C]`` -> ``[B,Ho,Wo,C]``."""
     k = kernel.shape[0]
     if resolve_impl(impl) == "fused":
-        return _fused_depthwise(x, kernel, stride, pad, dilation)
+        return _shift_forward_loop_gradient(
+            lambda a, b, impl: depthwise_conv(a, b, stride, pad, dilation, impl),
+            x,
+            kernel,
+        )
     if resolve_impl(impl) == "xla":
         return lax.conv_general_dilated(
             x,
@@ -153,50 +159,6 @@ def depthwise_conv(x, kernel, stride: int, pad: int, dilation: int, impl: str):
         term = s * kernel[i, j]
         out = term if out is None else out + term
     return out
-
-
-def _fused_depthwise(x, kernel, stride: int, pad: int, dilation: int) -> jax.Array:
-    """Shifted-sum depthwise conv whose gradients are shifted sums too.
-
-    The input gradient is the transposed convolution: the cotangent, dilated by the
-    stride (zeros between rows / columns) and padded by the kernel extent, correlated
-    with the flipped kernel (one fused pass); the kernel gradient is one reduction
-    per tap. Exact up to float rounding against the loop form's autodiff.
-    """
-
-    @jax.custom_vjp
-    def f(x, kernel):
-        return depthwise_conv(x, kernel, stride, pad, dilation, "shift")
-
-    def fwd(x, kernel):
-        return f(x, kernel), (x, kernel)
-
-    def bwd(res, g):
-        x, kernel = res
-        k = kernel.shape[0]
-        b, h, w, c = x.shape
-        hp, wp = h + 2 * pad, w + 2 * pad
-        gd = lax.pad(
-            g,
-            jnp.zeros((), g.dtype),
-            ((0, 0, 0), (0, 0, stride - 1), (0, 0, stride - 1), (0, 0, 0)),
-        )
-        ext = (k - 1) * dilation
-        gp = jnp.pad(
-            gd, ((0, 0), (ext, hp - gd.shape[1]), (ext, wp - gd.shape[2]), (0, 0))
-        )
-        dxp = depthwise_conv(gp, kernel[::-1, ::-1], 1, 0, dilation, "shift")
-        dx = dxp[:, pad : pad + h, pad : pad + w]
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        ho, wo = g.shape[1], g.shape[2]
-        taps = [
-            jnp.sum(s * g, axis=(0, 1, 2))
-            for _, _, s in _shifted(xp, k, stride, dilation, ho, wo)
-        ]
-        return dx, jnp.stack(taps).reshape(k, k, c).astype(kernel.dtype)
-
-    f.defvjp(fwd, bwd)
-    return f(x, kernel)
 
 
 def max_pool(x, stride: int, impl: str):

@@ -1,6 +1,6 @@
 """Window ops: the fused and loop implementations against a NumPy float64
 reference, and the ``fused`` form's custom gradients against autodiff of the loop and
-shift forms (an odd height exercises the edges of the strided transposes)."""
+shift forms (the loop form's, exactly)."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _grads(f, x, *args):
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("k,pad,dil", DW)
-def test_fused_depthwise_gradient_matches_the_loop_gradient(x, stride, k, pad, dil):
+def test_fused_depthwise_gradient_is_the_loop_gradient(x, stride, k, pad, dil):
     w = jax.random.normal(jax.random.key(k), (k, k, 3))
     fused = _grads(
         lambda a, b: ops.depthwise_conv(a, b, stride, pad, dil, "fused"), x, w
@@ -99,7 +99,7 @@ def test_fused_depthwise_gradient_matches_the_loop_gradient(x, stride, k, pad, d
         lambda a, b: ops.depthwise_conv(a, b, stride, pad, dil, "shift"), x, w
     )
     for f, lo, s in zip(fused, loop, shift, strict=True):
-        np.testing.assert_allclose(np.asarray(f), np.asarray(lo), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(f), np.asarray(lo))
         np.testing.assert_allclose(np.asarray(f), np.asarray(s), rtol=1e-5, atol=1e-5)
 
 
