@@ -192,7 +192,8 @@ class SupernetConfig:
       layers: number of cells (8 in the paper).
       num_classes: classifier outputs.
       stem_multiplier: the stem has ``stem_multiplier * C`` channels.
-      impl: depthwise conv / pool implementation (``auto``, ``shift``, ``xla``).
+      impl: depthwise conv / pool implementation (``auto``, ``loop``, ``shift``,
+        ``fused``, ``xla``; see :mod:`jaxdarts.ops`).
       swap_cells: reproduce the reference's normal/reduce swap (``compat="dartsrl"``).
       eps: ops with softmax weight <= eps are skipped (dense path).
       edges: how a cell's 14 edges are traced: ``scan`` (a ``lax.scan`` over edge

@@ -1,9 +1,9 @@
 """The fast forms of the supernet equal the reference forms on the same weights.
 
-Reference: the ``loop`` op implementation (one tap per loop step) with the edges in
-``lax.scan`` (``edges="scan"``). Fast: the ``fused`` ops (CPU default) with the scanned
-edges (the default) and with unrolled edges. Discrete forward passes agree in logits
-(1e-5) and NWOT (1e-4 relative); the default dense path's loss, parameter and alpha
+Reference: the ``loop`` op implementation (one tap per loop step, the CPU default)
+with the edges in ``lax.scan`` (``edges="scan"``, the default). Fast: the ``fused`` ops
+with the scanned edges and with unrolled edges. Discrete forward passes agree in logits
+(1e-5) and NWOT (1e-4 relative); the fused dense path's loss, parameter and alpha
 gradients and updated BN statistics agree to ~1e-5.
 """
 
