@@ -23,6 +23,7 @@ def get_config() -> dict:
     return {
         "variant": "disc-nwot",
         "preset": "paper",
+        "agent": "ppo",
         "seed": 0,
         "seeds": 1,
         "compat": None,
@@ -129,6 +130,13 @@ SCHEMA: dict[str, Key] = {
     ),
     "preset": Key(
         "the preset the config started from", "str", choices=("paper", "quick")
+    ),
+    "agent": Key(
+        "ppo: the paper's PPO agent; random: random search (uniform actions, no "
+        "learning; same env, reward, steps and outputs; its genotype is the best "
+        "architecture seen)",
+        "str",
+        choices=("ppo", "random"),
     ),
     "seed": Key("seed of the supernet init, split, envs and agent", "int", lo=0),
     "seeds": Key("independent searches run together in one compiled program", **_POS),

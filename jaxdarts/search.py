@@ -40,6 +40,7 @@ FLAGS = {
     "--total-steps": "run.total_steps",
     "--supernet-ckpt": "supernet.checkpoint",
     "--compat": "compat",
+    "--agent": "agent",
 }
 
 _DESCRIPTION = """\

@@ -121,17 +121,20 @@ def top_k_track(k: int):
     return track_fn
 
 
-def make_programs(setup: build.SearchSetup, top_k: int):
+def make_programs(setup: build.SearchSetup, top_k: int, agent: str = "ppo"):
     """The jitted ``init(keys [S], env_params)`` and ``chunk(states, env_params,
-    num_updates)`` over the seeds (``lax.map``; the chunk donates its states)."""
+    num_updates)`` over the seeds (``lax.map``; the chunk donates its states);
+    ``agent="random"``: random search (:mod:`jaxdarts.ppo.random_agent`)."""
     import jax
     import jax.numpy as jnp
 
     from jaxdarts import env as env_lib
     from jaxdarts.ppo import make_train
+    from jaxdarts.ppo.random_agent import make_random
 
     venv = env_lib.LockstepEnv(setup.env, setup.num_envs)
-    init_fn, chunk_fn = make_train(setup.ppo, venv, top_k_track(top_k))
+    make = make_random if agent == "random" else make_train
+    init_fn, chunk_fn = make(setup.ppo, venv, top_k_track(top_k))
     track0 = {
         "rewards": jnp.full((top_k,), -jnp.inf, jnp.float32),
         "alphas": jnp.zeros((top_k, 2, 14, setup.env.num_ops), jnp.float32),
@@ -327,8 +330,21 @@ def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any
             for r, a in zip(top_r, top_a, strict=True)
             if np.isfinite(r)
         ]
+        if run.cfg.get("agent") == "random":
+            _best_seen_as_final(res)
         out.append(res)
     return out
+
+
+def _best_seen_as_final(res: dict[str, Any]) -> None:
+    """Random search: its final (``deterministic``) architecture is the best one
+    seen (the untrained policy's argmax means nothing); ``stochastic`` stays a
+    sample of the untrained policy."""
+    from jaxdarts.genotypes import from_json_dict
+
+    if res["top"]:
+        best = res["top"][0]
+        res["deterministic"] = (from_json_dict(best["genotype"]), best["reward"])
 
 
 def _reward_trend(metrics: list[dict[str, Any]], seed: int) -> tuple[Any, Any]:
@@ -445,7 +461,9 @@ def _initial_state(run: SearchRun, ckpt, resume: bool):
 
     cfg, setup = run.cfg, run.setup
     log.info("initialising the agents and envs (compiling the init)...")
-    init_jit, chunk_jit = make_programs(setup, cfg["run"]["top_k"])
+    init_jit, chunk_jit = make_programs(
+        setup, cfg["run"]["top_k"], cfg.get("agent", "ppo")
+    )
     keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
     state = init_jit(keys, setup.env_params)
     step = ckpt.latest_step() if resume else None

@@ -248,7 +248,12 @@ def _flat(obs: jax.Array, num_envs: int) -> jax.Array:
 
 
 def collect_rollout(
-    env: VecEnv, n_steps: int, state: TrainState, env_params: PyTree, key: jax.Array
+    env: VecEnv,
+    n_steps: int,
+    state: TrainState,
+    env_params: PyTree,
+    key: jax.Array,
+    act_fn: Callable[..., tuple[jax.Array, jax.Array, jax.Array]] = act,
 ) -> tuple[TrainState, Transition]:
     """Runs ``n_steps`` lockstep env steps with the current (stochastic) policy.
 
@@ -258,6 +263,9 @@ def collect_rollout(
       state: Current :class:`TrainState` (its ``key`` is not used).
       env_params: Env parameters pytree.
       key: Rollout key.
+      act_fn: ``act_fn(params, obs [E, D], key, False) -> (action, log_prob [E],
+        value [E])``; default the policy's :func:`jaxdarts.ppo.networks.act`
+        (the random-search baseline passes uniform actions).
 
     Returns:
       ``(state, traj)`` with env state, ``last_obs``/``last_done``, the running
@@ -270,7 +278,7 @@ def collect_rollout(
         env_state, obs, start, ep_ret, ep_len = carry
         k_act, k_env = jax.random.split(step_key)
         flat_obs = _flat(obs, num_envs)
-        action, log_prob, value = act(state.params, flat_obs, k_act, False)
+        action, log_prob, value = act_fn(state.params, flat_obs, k_act, False)
         next_obs, env_state, reward, terminated, truncated, info = env.step(
             k_env, env_state, _env_action(action, env.action_kind), env_params
         )
