@@ -69,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="evaluation-network epochs")
     p.add_argument("--pretrain-epochs", type=int, help="supernet pre-training epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
-    p.add_argument(
-        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS)
-    )
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--work", default="runs/reproduce", help="run folders go here")
     p.add_argument("--out", default="docs/reproduction.md", help="the page")
     return p
@@ -135,7 +133,9 @@ def run_variant(variant: str, a: argparse.Namespace, supernet: str) -> dict[str,
     row["reward"] = summary["seeds"][0]["reward"]
     row["genotype"] = summary["seeds"][0]["genotype"]
     ok, row["train_s"] = _cmd(train, os.path.join(a.work, f"{variant}-train.log"))
-    result = _read(os.path.join(a.work, variant + "-train", "result.json")) if ok else None
+    result = (
+        _read(os.path.join(a.work, variant + "-train", "result.json")) if ok else None
+    )
     if result is None:
         row["note"] = f"training failed (see {a.work}/{variant}-train.log)"
         return row
@@ -166,8 +166,12 @@ def _num(x: Any, spec: str) -> str:
 
 
 def render(
-    rows: dict[str, dict[str, Any]], a: argparse.Namespace, argv: Sequence[str],
-    started: str, supernet_cmd: list[str] | None, done: bool,
+    rows: dict[str, dict[str, Any]],
+    a: argparse.Namespace,
+    argv: Sequence[str],
+    started: str,
+    supernet_cmd: list[str] | None,
+    done: bool,
 ) -> str:
     """The Markdown page."""
     cmd = "python benchmarks/reproduce.py " + " ".join(map(shlex.quote, argv))
@@ -217,7 +221,9 @@ def render(
             f"{_num(r.get('search_s'), '.0f')} | {_num(r.get('train_s'), '.0f')} | "
             f"{r.get('note', '')} |"
         )
-    geno = [(v, rows[v]["genotype"]) for v in VARIANTS if rows.get(v, {}).get("genotype")]
+    geno = [
+        (v, rows[v]["genotype"]) for v in VARIANTS if rows.get(v, {}).get("genotype")
+    ]
     if geno:
         lines += ["", "## Genotypes found", ""]
         lines += [f"- `{v}`: `{g}`" for v, g in geno]

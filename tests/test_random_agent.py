@@ -5,7 +5,14 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_ppo_train import CONT_PARAMS, DISC_PARAMS, K, L, EdgeBandit, assert_trees_equal
+from test_ppo_train import (
+    CONT_PARAMS,
+    DISC_PARAMS,
+    EdgeBandit,
+    K,
+    L,
+    assert_trees_equal,
+)
 from test_search_cli import RUN_FILES, TINY, _metrics
 
 from jaxdarts import search
