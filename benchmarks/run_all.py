@@ -35,6 +35,7 @@ SECTIONS = {
     "devices": "devices",
     "reference": "reference",
     "gpu": "gpu",
+    "agents": "agents",
 }
 DEFAULT = ("rewards", "nwot_roofline", "env", "ppo", "train", "devices")
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(SECTIONS),
         metavar="SECTION",
         help=f"sections to run (default: {' '.join(DEFAULT)}); "
-        f"also: reference (needs --reference), gpu",
+        f"also: reference (needs --reference), gpu, agents (PPO against random search)",
     )
     p.add_argument("--json", metavar="OUT", help="write the results here")
     p.add_argument("--plot", metavar="OUT.png", help="draw the scaling curves")
