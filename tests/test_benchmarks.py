@@ -9,7 +9,16 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECTIONS = ["rewards", "roofline", "env_steps", "ppo", "training", "devices", "gpu"]
+SECTIONS = [
+    "rewards",
+    "roofline",
+    "env_steps",
+    "ppo",
+    "training",
+    "devices",
+    "gpu",
+    "agents",
+]
 
 
 def _run(*args, cwd=ROOT):
