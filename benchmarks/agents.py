@@ -12,7 +12,12 @@ reward, all seeds of a method in one compiled program (``seeds``). Reports per m
   updates (at least one update), i.e. what the agent samples at the end;
 - ``final``: the reward of the final genotype as the run reports it (PPO: one
   episode of the deterministic policy; random search: the best architecture seen,
-  so its ``final`` equals its ``best`` and is a maximum over many noisy rewards).
+  so its ``final`` equals its ``best`` and is a maximum over many noisy rewards);
+- ``rescored``: the final genotype (``genotype.json``: the 8 kept edges) scored
+  again by :func:`jaxdarts.scoring.score_genotypes` with the same reward kind and
+  supernet size, mean over ``--rescore-seeds`` supernet initialisations and
+  un-augmented validation batches: the same yardstick for both methods, free of
+  the best-of-many selection bias.
 
 Writes ``agents.json`` (settings, per-seed and summary numbers), ``agents.md`` (the
 table) and ``agents.png`` (best reward so far against reward evaluations, mean ± std
@@ -41,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 import numpy as np
 
 METHODS = ("ppo", "random")
+NUMBERS = ("best", "last10", "final", "rescored")
 #: Reward evaluations (episodes) per seed by default: about the quick preset's
 #: search; the paper's 1M discrete steps are 35,714 episodes of 28 steps.
 DEFAULT_EVALS = {True: 128, False: 35_714}
@@ -63,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--supernet-ckpt", help="pre-trained supernet (ckpt/cont variants)")
     p.add_argument("--out", default="benchmarks/results/agents", help="output folder")
+    p.add_argument(
+        "--rescore-seeds",
+        type=int,
+        default=5,
+        help="re-score each final genotype with jaxdarts.score on this many seeds "
+        "(supernet inits and batches; 0: skip)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse finished run folders under --out/runs (summary.json present) "
+        "instead of searching again",
+    )
     return p
 
 
@@ -128,9 +147,15 @@ def run_method(method: str, a: argparse.Namespace) -> dict[str, Any]:
 
     cfg = make_config(method, a)
     out = os.path.join(a.out, "runs", method)
-    t0 = time.time()
-    summary = searching.run(cfg, out=out, overwrite=True)
-    wall = time.time() - t0
+    done = os.path.join(out, "summary.json")
+    if a.reuse and os.path.isfile(done):
+        with open(done) as f:
+            summary = json.load(f)
+        wall = summary["wall_s"]
+    else:
+        t0 = time.time()
+        summary = searching.run(cfg, out=out, overwrite=True)
+        wall = time.time() - t0
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     c = curves(metrics, a.seeds)
     return {
@@ -143,6 +168,38 @@ def run_method(method: str, a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def rescore(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    """Adds ``rescored`` to every seed: its final genotype's reward by
+    :func:`jaxdarts.scoring.score_genotypes` (same reward kind and supernet size,
+    mean over ``a.rescore_seeds`` supernet initialisations and un-augmented
+    validation batches), the same yardstick for both methods."""
+    from jaxdarts import config as config_lib
+    from jaxdarts import scoring
+
+    cfg0 = make_config("ppo", a)
+    sets = {
+        "seeds": a.rescore_seeds,
+        "reward.kind": cfg0["env"]["reward"],
+        "supernet.space": cfg0["supernet"]["space"],
+        "supernet.checkpoint": cfg0["supernet"]["checkpoint"],
+    }
+    if not cfg0["supernet"]["checkpoint"]:
+        sets["supernet.channels"] = cfg0["supernet"]["channels"]
+        sets["supernet.layers"] = cfg0["supernet"]["layers"]
+    preset = "quick" if a.quick else "paper"
+    cfg = config_lib.load("score", preset=preset, overrides=sets)
+    files = []
+    for r in results:
+        for s in range(len(r["seeds"])):
+            suffix = "" if len(r["seeds"]) == 1 else f"-seed{s}"
+            files.append(os.path.join(r["run"], f"genotype{suffix}.json"))
+    records = scoring.score_genotypes(files, cfg)["records"]
+    it = iter(records)
+    for r in results:
+        for seed in r["seeds"]:
+            seed["rescored"] = float(next(it)["mean"])
+
+
 def _ms(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     return float(v.mean()), float(v.std())
@@ -152,12 +209,15 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown table: mean ± std over seeds of each number, per method."""
     lines = [
         "| method | best reward found | mean reward, last 10% | final genotype's "
-        "reward | episodes / seed | wall s |",
-        "|---|---|---|---|---|---|",
+        "reward | final genotype re-scored | episodes / seed | wall s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cells = []
-        for key in ("best", "last10", "final"):
+        for key in NUMBERS:
+            if key not in r["seeds"][0]:
+                cells.append("—")
+                continue
             m, s = _ms([x[key] for x in r["seeds"]])
             cells.append(f"{m:.4g} ± {s:.2g}")
         ev = r["seeds"][0]["evals"]
@@ -203,6 +263,8 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(a.out, exist_ok=True)
     load = C.load_average()
     results = [run_method(m, a) for m in METHODS]
+    if a.rescore_seeds > 0:
+        rescore(results, a)
     preset = "quick" if a.quick else "paper"
     title = f"{a.variant}, --preset {preset}, {a.seeds} seeds, {a.evals} episodes"
     doc = {
@@ -212,6 +274,7 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
             "seeds": a.seeds,
             "evals": a.evals,
             "supernet_ckpt": a.supernet_ckpt,
+            "rescore_seeds": a.rescore_seeds,
         },
         "load_average": load,
         "device": C.device_info(),
@@ -231,7 +294,9 @@ def run(rec, quick: bool) -> None:
     a = build_parser().parse_args(["--quick"] if quick else [])
     doc = compare(a)
     for r in doc["results"]:
-        for key in ("best", "last10", "final"):
+        for key in NUMBERS:
+            if key not in r["seeds"][0]:
+                continue
             m, s = _ms([x[key] for x in r["seeds"]])
             rec.add("agents", f"{a.variant} {r['method']} {key}", m, "reward", std=s)
 
