@@ -384,7 +384,7 @@ def write_outputs(run: SearchRun, results: list[dict[str, Any]], wall_s: float):
             space,
             reward=r_det,
             seed=cfg["seed"] + s,
-            policy="deterministic",
+            policy="best_seen" if cfg.get("agent") == "random" else "deterministic",
             stochastic=stochastic,
         )
         (path / f"genotype{suffix}.txt").write_text(to_darts_string(g_det) + "\n")

@@ -98,6 +98,6 @@ def test_random_search_run_folder_matches_ppo(tmp_path):
     assert np.isclose(top[0]["reward"], best)
     # the final genotype of random search is the best architecture seen
     g = json.load(open(out / "genotype.json"))
-    assert np.isclose(g["reward"], top[0]["reward"])
+    assert np.isclose(g["reward"], top[0]["reward"]) and g["policy"] == "best_seen"
     assert g["normal"] == top[0]["genotype"]["normal"]
     assert g["reduce"] == top[0]["genotype"]["reduce"]
