@@ -96,6 +96,13 @@ def make_config(method: str, a: argparse.Namespace) -> dict[str, Any]:
     cfg = search.make_config(a.variant, preset, **sets)
     env, _, _ = search.resolve(cfg)
     cfg["run"]["total_steps"] = a.evals * env.episode_length
+    per_update = search.resolve(cfg)[1].n_steps * cfg["env"]["num_envs"]
+    updates = -(-cfg["run"]["total_steps"] // per_update)
+    chunk = cfg["run"]["updates_per_chunk"]
+    # one compiled chunk size only: the largest divisor of the updates <= the preset's
+    cfg["run"]["updates_per_chunk"] = max(
+        d for d in range(1, min(chunk, updates) + 1) if updates % d == 0
+    )
     return cfg
 
 
