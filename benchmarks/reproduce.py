@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--work", default="runs/reproduce", help="run folders go here")
     p.add_argument("--out", default="docs/reproduction.md", help="the page")
+    p.add_argument(
+        "--page-only",
+        action="store_true",
+        help="run nothing: write the page from the finished runs under --work",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep what --work already holds: the pre-trained supernet and the "
+        "finished variants (rows/<variant>.json), so that several processes (or "
+        "an interrupted run) fill one page",
+    )
     return p
 
 
@@ -102,15 +114,44 @@ def commands(variant: str, a: argparse.Namespace, supernet: str) -> list[list[st
     return [search, train]
 
 
-def pretrain(a: argparse.Namespace) -> tuple[str, bool, list[str]]:
-    """Pre-trains the quick supernet once; returns ``(folder, ok, command)``."""
+def pretrain_command(a: argparse.Namespace) -> tuple[str, list[str]]:
+    """The supernet folder and the pre-training command line."""
     path = os.path.join(a.work, "supernet")
     cmd = ["jaxdarts.pretrain", "--preset", "quick", "--seed", str(a.seed)]
     cmd += ["--out", path, "--overwrite"]
     if a.pretrain_epochs:
         cmd += ["--epochs", str(a.pretrain_epochs)]
+    return path, cmd
+
+
+def pretrain(a: argparse.Namespace) -> tuple[str, bool, list[str]]:
+    """Pre-trains the quick supernet once; returns ``(folder, ok, command)``."""
+    path, cmd = pretrain_command(a)
+    if a.reuse and os.path.isfile(os.path.join(ROOT, path, "result.json")):
+        return path, True, cmd
     ok, _ = _cmd(cmd, os.path.join(a.work, "pretrain.log"))
     return path, ok, cmd
+
+
+def _row_file(a: argparse.Namespace, variant: str) -> str:
+    return os.path.join(ROOT, a.work, "rows", f"{variant}.json")
+
+
+def load_rows(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The finished rows under ``--work`` (of this or another process)."""
+    rows = {}
+    for v in VARIANTS:
+        row = _read(_row_file(a, v))
+        if row is not None:
+            rows[v] = row
+    return rows
+
+
+def save_row(a: argparse.Namespace, row: dict[str, Any]) -> None:
+    path = _row_file(a, row["variant"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(row, f, indent=1)
 
 
 def _read(path: str) -> dict[str, Any] | None:
@@ -125,6 +166,10 @@ def run_variant(variant: str, a: argparse.Namespace, supernet: str) -> dict[str,
     """Search then train one variant; returns its row (None where a step failed)."""
     search, train = commands(variant, a, supernet)
     row: dict[str, Any] = {"variant": variant, "reward": None, "accuracy": None}
+    if a.reuse or a.page_only:
+        done = finished_row(variant, a)
+        if done is not None or a.page_only:
+            return done or {**row, "note": "not run (yet)"}
     ok, row["search_s"] = _cmd(search, os.path.join(a.work, f"{variant}-search.log"))
     summary = _read(os.path.join(a.work, variant, "summary.json")) if ok else None
     if summary is None:
@@ -142,6 +187,23 @@ def run_variant(variant: str, a: argparse.Namespace, supernet: str) -> dict[str,
     acc = float(result["test_accuracy"])
     row["accuracy"] = 100.0 * acc if acc <= 1.0 else acc
     return row
+
+
+def finished_row(variant: str, a: argparse.Namespace) -> dict[str, Any] | None:
+    """The row of a variant whose search and training folders are finished."""
+    summary = _read(os.path.join(a.work, variant, "summary.json"))
+    result = _read(os.path.join(a.work, variant + "-train", "result.json"))
+    if summary is None or result is None:
+        return None
+    acc = float(result["test_accuracy"])
+    return {
+        "variant": variant,
+        "reward": summary["seeds"][0]["reward"],
+        "genotype": summary["seeds"][0]["genotype"],
+        "accuracy": 100.0 * acc if acc <= 1.0 else acc,
+        "search_s": summary.get("wall_s"),
+        "train_s": result.get("wall_s"),
+    }
 
 
 def _versions() -> str:
@@ -174,7 +236,11 @@ def render(
     done: bool,
 ) -> str:
     """The Markdown page."""
-    cmd = "python benchmarks/reproduce.py " + " ".join(map(shlex.quote, argv))
+    cmds = {" ".join(map(shlex.quote, r["argv"])) for r in rows.values() if "argv" in r}
+    cmds.add(" ".join(map(shlex.quote, argv)))
+    cmd = "`; `".join(
+        f"python benchmarks/reproduce.py {c}".strip() for c in sorted(cmds)
+    )
     lines = [
         "# Reproduction at quick size (digits)",
         "",
@@ -187,10 +253,14 @@ def render(
         "search reward is on the scale of its reward kind (NWOT score, accuracy in",
         "[0, 1], or -cross-entropy), so rewards of different kinds do not compare.",
         "",
-        f"- command: `{cmd}`",
+        f"- command(s) (rows are shared through `--work`): `{cmd}`",
         f"- started: {started}; page written: "
         f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-        + ("" if done else " (**incomplete**: the script was still running)"),
+        + (
+            ""
+            if done
+            else " (**incomplete**: rows without numbers did not run or failed)"
+        ),
         f"- machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.platform()}); JAX backend: CPU unless JAX_PLATFORMS says otherwise",
         f"- versions: Python {platform.python_version()}, {_versions()}, "
@@ -211,8 +281,6 @@ def render(
         "|---|---|---|---|---|---|---|---|",
     ]
     for v in VARIANTS:
-        if v not in a.variants:
-            continue
         r = rows.get(v, {"note": "not run (yet)"})
         m, s, mx = PAPER[v]
         lines.append(
@@ -243,16 +311,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(out, "w") as f:
             f.write(render(rows, a, argv, started, supernet_cmd, done))
 
-    if any(needs_supernet(v) for v in a.variants):
+    if a.page_only:
+        supernet, supernet_cmd = pretrain_command(a)
+    elif any(needs_supernet(v) for v in a.variants):
         supernet, ok, supernet_cmd = pretrain(a)
         if not ok:
             print(f"pre-training failed: see {a.work}/pretrain.log", file=sys.stderr)
     for v in a.variants:
+        if a.reuse:
+            rows.update(load_rows(a))
+        if v in rows and rows[v].get("reward") is not None:
+            print(f"[reproduce] {v}: done already ({_row_file(a, v)})", flush=True)
+            continue
         print(f"[reproduce] {v} ...", flush=True)
         rows[v] = run_variant(v, a, supernet)
+        rows[v]["argv"] = argv
+        if not a.page_only:
+            save_row(a, rows[v])
         print(f"[reproduce] {v}: {rows[v]}", flush=True)
+        if a.reuse:
+            rows.update(load_rows(a))
         write()
-    write(done=True)
+    if a.reuse:
+        rows.update(load_rows(a))
+    write(done=all(rows.get(v, {}).get("reward") is not None for v in VARIANTS))
     print(f"wrote {out}")
     return 0
 
