@@ -291,7 +291,8 @@ def compare(a: argparse.Namespace) -> dict[str, Any]:
     with open(os.path.join(a.out, "agents.json"), "w") as f:
         json.dump(doc, f, indent=1)
     with open(os.path.join(a.out, "agents.md"), "w") as f:
-        f.write(f"{title} (load average at start: {load})\n\n{doc['table']}\n")
+        load_s = "n/a" if load is None else f"{load:.1f}"
+        f.write(f"{title} (1-min load average at start: {load_s})\n\n{doc['table']}\n")
     plot(results, os.path.join(a.out, "agents.png"), title)
     return doc
 
