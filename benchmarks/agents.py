@@ -178,8 +178,9 @@ def run_method(method: str, a: argparse.Namespace) -> dict[str, Any]:
 def rescore(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
     """Adds ``rescored`` to every seed: its final genotype's reward by
     :func:`jaxdarts.scoring.score_genotypes` (same reward kind and supernet size,
-    mean over ``a.rescore_seeds`` supernet initialisations and un-augmented
-    validation batches), the same yardstick for both methods."""
+    batch size and NWOT flavour, mean over ``a.rescore_seeds`` supernet
+    initialisations and un-augmented validation batches), the same yardstick for
+    both methods."""
     from jaxdarts import config as config_lib
     from jaxdarts import scoring
 
@@ -187,6 +188,8 @@ def rescore(results: list[dict[str, Any]], a: argparse.Namespace) -> None:
     sets = {
         "seeds": a.rescore_seeds,
         "reward.kind": cfg0["env"]["reward"],
+        "reward.batch_size": cfg0["env"]["batch_size"],
+        "reward.nwot_flavour": cfg0["env"]["nwot_flavour"],
         "supernet.space": cfg0["supernet"]["space"],
         "supernet.checkpoint": cfg0["supernet"]["checkpoint"],
     }
