@@ -272,6 +272,10 @@ def render(
     if supernet_cmd:
         lines.append(f"- supernet: `python -m {' '.join(supernet_cmd)}`")
     lines += [
+        "- with few search steps the PPO policy barely moves from its "
+        "initialisation, which is the same for every variant of one seed, so "
+        "variants can end with the same deterministic genotype (the note column "
+        "says so); the search reward columns of the runs are still their own",
         "- per variant: `python -m jaxdarts.search --variant V --preset quick ...` "
         "then `python -m jaxdarts.train --genotype RUN/genotype.json --preset quick "
         "...` (flags as in the command lines above)",
@@ -280,8 +284,14 @@ def render(
         "| paper CIFAR-10 mean ± std | paper max | search s | train s | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    seen: dict[str, str] = {}
     for v in VARIANTS:
-        r = rows.get(v, {"note": "not run (yet)"})
+        r = dict(rows.get(v, {"note": "not run (yet)"}))
+        g = r.get("genotype")
+        if g in seen:
+            r["note"] = (r.get("note", "") + f" same genotype as `{seen[g]}`").strip()
+        elif g:
+            seen[g] = v
         m, s, mx = PAPER[v]
         lines.append(
             f"| `{v}` | {_num(r.get('reward'), '.4g')} | "
