@@ -29,6 +29,7 @@ __all__ = [
     "ppo_config",
     "pretrained_supernet",
     "search_setup",
+    "check_batch_size",
 ]
 
 from jaxdarts.checkpoint import load_supernet, supernet_config_from_meta
@@ -139,7 +140,43 @@ def pretrained_supernet(path: str, net, image_shape) -> tuple[Any, dict[str, Any
         "swap_cells": net.swap_cells,
         "image_shape": list(image_shape),
     }
-    return load_supernet(path, expect=expect)
+    try:
+        return load_supernet(path, expect=expect)
+    except ValueError as e:
+        if "was trained for" not in str(e):
+            raise
+        hint = _matching_flags(path, expect)
+        raise ValueError(f"--supernet-ckpt {path}: {e}{hint}") from None
+
+
+#: Config flags that set each supernet description key.
+_SUPERNET_FLAGS = {
+    "space": "--space {}",
+    "channels": "--set supernet.channels={}",
+    "layers": "--set supernet.layers={}",
+    "swap_cells": "--compat dartsrl",
+}
+
+
+def _matching_flags(path: str, expect: Mapping[str, Any]) -> str:
+    """`` To use this supernet: --set supernet.channels=16 ...`` (or nothing)."""
+    import json
+
+    from jaxdarts.checkpoint import SUPERNET_META, _supernet_folder
+
+    meta = json.loads((_supernet_folder(path) / SUPERNET_META).read_text())
+    flags = []
+    for key, flag in _SUPERNET_FLAGS.items():
+        if key in meta and meta[key] != expect[key]:
+            if key == "swap_cells" and not meta[key]:
+                flags.append("no --compat")
+            else:
+                flags.append(flag.format(meta[key]))
+    if list(meta.get("image_shape", [])) != list(expect["image_shape"]) or meta.get(
+        "num_classes"
+    ) != expect["num_classes"]:
+        flags.append(f"--dataset {meta.get('dataset', '<its dataset>')}")
+    return f"\nTo use this supernet: {' '.join(flags)}" if flags else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +204,15 @@ class SearchSetup:
     def steps_per_update(self) -> int:
         """Env steps of one PPO update (all envs of one seed)."""
         return self.ppo.n_steps * self.num_envs
+
+
+def check_batch_size(batch_size: int, valid: int, dataset: str) -> None:
+    """A reward batch must fit in the validation half of the train split."""
+    if batch_size > valid:
+        raise ValueError(
+            f"env.batch_size {batch_size} is larger than the validation half of "
+            f"{dataset} ({valid} images): use --set env.batch_size={valid} or less"
+        )
 
 
 def _seed_variables(cfg: Mapping[str, Any], env_cfg, image_shape) -> list[Any]:
@@ -209,6 +255,7 @@ def search_setup(cfg: Mapping[str, Any], dataset=None) -> SearchSetup:
     num_envs = cfg["env"]["num_envs"]
     ppo = ppo_config(cfg["ppo"], num_envs)
     tr, va = data_lib.split_indices(len(ds.train_images), cfg["seed"])
+    check_batch_size(env_cfg.batch_size, len(va), cfg["data"]["dataset"])
     train = (ds.train_images[tr], ds.train_labels[tr])
     if not env_cfg.weight_step:
         train = (None, None)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from jaxdarts import config as config_lib
@@ -27,6 +28,8 @@ __all__ = [
     "add_config_flags",
     "config_from_args",
     "check_run_args",
+    "check_out",
+    "check_resume_dir",
     "usage_errors",
     "print_config",
     "run_main",
@@ -111,8 +114,10 @@ def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR from its newest checkpoint (a changed config "
-        "is refused, listing the differences)",
+        help="continue the run in DIR from its newest checkpoint that restores (a "
+        "damaged newer one is skipped with a warning). A changed config is refused, "
+        "listing the differences, except: data.data_dir, and for a search a larger "
+        "--total-steps, which extends a finished search",
     )
     p.add_argument(
         "--overwrite",
@@ -232,6 +237,37 @@ def check_run_args(args: argparse.Namespace) -> None:
     devices = getattr(args, "devices", None)
     if devices is not None and devices < 1:
         raise UsageError(f"--devices must be >= 1, got {devices}")
+    if getattr(args, "out", None):
+        check_out(args.out, overwrite=bool(getattr(args, "overwrite", False)))
+    if getattr(args, "resume", None):
+        check_resume_dir(args.resume)
+
+
+def check_out(out: str, *, overwrite: bool) -> None:
+    """``--out``: refuses a file, a folder that is no run folder, a run folder
+    without ``--overwrite`` and an unwritable place (before any work)."""
+    from jaxdarts.runs import check_out as check
+
+    try:
+        check(out, overwrite=overwrite)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_resume_dir(path: str) -> None:
+    """``--resume DIR``: a run folder that can be written (the run appends to it)."""
+    from jaxdarts.runs import check_writable, looks_like_run
+
+    if os.path.exists(path) and not looks_like_run(Path(path)):
+        raise UsageError(
+            f"--resume {path}: no config.json there, so it is not a run folder "
+            "(start a new run with --out instead)"
+        )
+    if os.path.isdir(path):
+        try:
+            check_writable(path, "--resume")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
 
 def print_config(command: str, config: Mapping[str, Any]) -> None:
@@ -259,9 +295,16 @@ def usage_errors() -> Iterator[None]:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from jaxdarts.checkpoint import CorruptCheckpointError
     from jaxdarts.runs import ConfigMismatchError, RunExistsError
 
-    return (UsageError, config_lib.ConfigError, RunExistsError, ConfigMismatchError)
+    return (
+        UsageError,
+        config_lib.ConfigError,
+        RunExistsError,
+        ConfigMismatchError,
+        CorruptCheckpointError,
+    )
 
 
 def run_main(fn: Callable[[Sequence[str] | None], int], argv=None) -> int:

@@ -585,7 +585,7 @@ def start_run(
       ConfigMismatchError: ``resume`` with a config that differs from the saved one.
       FileNotFoundError: ``resume`` of a folder that is not a run folder.
     """
-    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir, RunExistsError
+    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir
 
     if resume:
         rundir = RunDir.resume(
@@ -595,9 +595,10 @@ def start_run(
         for dotted in may_change:
             _set_dotted(merged, dotted, _get_dotted(config, dotted))
         return merged, rundir
+    from jaxdarts.runs import check_out
+
     path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise RunExistsError(path)
+    check_out(path, overwrite=overwrite)
     return config, path
 
 
@@ -731,11 +732,14 @@ def _fresh(job: Job, state: TrainState) -> dict[str, Any]:
 
 def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
     """The latest checkpoint (metrics after it dropped), or None for a fresh start."""
+    from jaxdarts.checkpoint import restore_newest_valid
+
     rundir = job.rundir
-    if ckpt.latest_step() is None:
+    found = restore_newest_valid(ckpt, _tree(_fresh(job, state)), warn=log.warning)
+    if found is None:
         rundir.truncate_metrics(-1, key="epoch")
         return None
-    r = ckpt.restore(None, _tree(_fresh(job, state)))
+    r = found[1]
     r = {
         k: (v if k in ("state", "sums") else np.asarray(v).item()) for k, v in r.items()
     }

@@ -499,6 +499,11 @@ def update_step(
     if isinstance(traj.info, dict) and "raw_reward" in traj.info:
         # The env's own reward before any normalisation (e.g. the NWOT score).
         metrics.update(_raw_reward_metrics(traj.info["raw_reward"], traj.dones))
+    if isinstance(traj.info, dict) and "valid" in traj.info:
+        # Episodes whose reward was the invalid value (e.g. a singular NWOT kernel).
+        bad = traj.dones & ~traj.info["valid"]
+        metrics["invalid_rewards"] = bad.sum().astype(jnp.int32)
+        metrics["episodes"] = traj.dones.sum().astype(jnp.int32)
     for name, value in loss_metrics.items():
         metrics[name] = value[-1].mean() if name == "approx_kl" else value.mean()
     metrics["explained_variance"] = explained_variance(batch.values, batch.returns)
