@@ -30,6 +30,8 @@ __all__ = [
     "check_run_args",
     "check_out",
     "check_resume_dir",
+    "check_json_out",
+    "check_saved_command",
     "usage_errors",
     "print_config",
     "run_main",
@@ -180,7 +182,7 @@ def _flag_of(dotted: str, args: argparse.Namespace, flags: Mapping[str, str]):
     return None
 
 
-def _load_saved(path: str) -> dict[str, Any]:
+def _load_saved(path: str, command: str) -> dict[str, Any]:
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise UsageError(
@@ -188,7 +190,34 @@ def _load_saved(path: str) -> dict[str, Any]:
             "(start a new run with --out instead)"
         )
     with open(file) as f:
-        return json.load(f)
+        saved = json.load(f)
+    check_saved_command(command, path, saved)
+    return saved
+
+
+_COMMANDS = ("search", "pretrain", "train", "score")
+
+
+def check_saved_command(command: str, path: str, saved: Any) -> None:
+    """Refuses to resume the run folder of another command (its ``config.json``
+    holds another command's groups), naming the command that resumes it."""
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume {path}: its config.json is not a config")
+
+    def fits(name: str) -> bool:
+        groups = {k.split(".")[0] for k in config_lib.config_module(name).SCHEMA}
+        return set(saved) <= groups
+
+    if fits(command):
+        return
+    other = next((c for c in _COMMANDS if c != command and fits(c)), None)
+    what = f"a {other} run" if other else "not a run of this command"
+    fix = (
+        f": continue it with python -m jaxdarts.{other} --resume {path}"
+        if other
+        else ""
+    )
+    raise UsageError(f"--resume {path} is {what} (see its config.json){fix}")
 
 
 def config_from_args(
@@ -214,7 +243,10 @@ def config_from_args(
     try:
         if getattr(args, "resume", None):
             return config_lib.load_saved(
-                command, _load_saved(args.resume), overrides=overrides, sets=args.set
+                command,
+                _load_saved(args.resume, command),
+                overrides=overrides,
+                sets=args.set,
             )
         return config_lib.load(
             command,
@@ -250,6 +282,19 @@ def check_out(out: str, *, overwrite: bool) -> None:
 
     try:
         check(out, overwrite=overwrite)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_json_out(path: str, flag: str = "--json") -> None:
+    """An output file that can be written (checked before the work): not a
+    folder, in a writable folder."""
+    from jaxdarts.runs import check_writable
+
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder: give a file name")
+    try:
+        check_writable(os.path.dirname(os.path.abspath(path)), flag)
     except ValueError as e:
         raise UsageError(str(e)) from None
 

@@ -375,6 +375,8 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
     """Raises ValueError unless ``path`` (a folder, existing or not) can be
     created and written: probes the nearest existing folder with a file."""
     path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: it is a file, not a folder")
     probe_dir = path if path.is_dir() else path.parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
@@ -465,8 +467,12 @@ class RunDir:
             # stays whole until the new folder holds its config.
             staging = _sibling(path, "new")
             staging.mkdir(parents=True)
-            atomic_write_json(staging / CONFIG_FILE, saved)
-            atomic_write_json(staging / ENV_FILE, env)
+            try:
+                atomic_write_json(staging / CONFIG_FILE, saved)
+                atomic_write_json(staging / ENV_FILE, env)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             _swap_in(staging, path)
             return cls(path, saved)
         path.mkdir(parents=True, exist_ok=True)

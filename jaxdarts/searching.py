@@ -225,7 +225,7 @@ def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
 
 def _warn_invalid(rec: dict[str, Any]) -> None:
     """A WARNING when most episode-end rewards of an update were invalid."""
-    bad, eps = rec.get("invalid_rewards"), rec.get("episodes")
+    bad, eps = rec.get("invalid_rewards"), rec.get("num_episodes")
     if bad is None or eps is None:
         return
     bad = bad if isinstance(bad, list) else [bad]

@@ -1168,13 +1168,18 @@ def _saved_overrides(command: str, args: Any) -> tuple[str, dict[str, Any]]:
     (``null`` as text, so that a saved null is kept)."""
     import json
 
+    from jaxdarts import cli
     from jaxdarts import config as config_lib
     from jaxdarts.cli import UsageError
 
     path = Path(args.resume) / "config.json"
     if not path.is_file():
-        raise UsageError(f"cannot resume {args.resume}: no config.json there")
+        raise UsageError(
+            f"cannot resume {args.resume}: no config.json there, so it is not a "
+            "run folder (start a new run with --out instead)"
+        )
     saved = json.loads(path.read_text())
+    cli.check_saved_command(command, args.resume, saved)
     preset = saved.get("preset", "paper")
     if args.preset not in (None, "paper", preset):
         raise UsageError(

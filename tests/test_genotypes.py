@@ -516,9 +516,9 @@ S3_GENOTYPE = Genotype(
     normal_concat=CONCAT,
     reduce=(
         ("skip_connect", 0),
-        ("skip_connect", 0),  # two pairs from the same input
+        ("skip_connect", 1),
         ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2),
         ("skip_connect", 0),
         ("skip_connect", 1),
         ("sep_conv_3x3", 0),
