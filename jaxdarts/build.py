@@ -140,43 +140,7 @@ def pretrained_supernet(path: str, net, image_shape) -> tuple[Any, dict[str, Any
         "swap_cells": net.swap_cells,
         "image_shape": list(image_shape),
     }
-    try:
-        return load_supernet(path, expect=expect)
-    except ValueError as e:
-        if "was trained for" not in str(e):
-            raise
-        hint = _matching_flags(path, expect)
-        raise ValueError(f"--supernet-ckpt {path}: {e}{hint}") from None
-
-
-#: Config flags that set each supernet description key.
-_SUPERNET_FLAGS = {
-    "space": "--space {}",
-    "channels": "--set supernet.channels={}",
-    "layers": "--set supernet.layers={}",
-    "swap_cells": "--compat dartsrl",
-}
-
-
-def _matching_flags(path: str, expect: Mapping[str, Any]) -> str:
-    """`` To use this supernet: --set supernet.channels=16 ...`` (or nothing)."""
-    import json
-
-    from jaxdarts.checkpoint import SUPERNET_META, _supernet_folder
-
-    meta = json.loads((_supernet_folder(path) / SUPERNET_META).read_text())
-    flags = []
-    for key, flag in _SUPERNET_FLAGS.items():
-        if key in meta and meta[key] != expect[key]:
-            if key == "swap_cells" and not meta[key]:
-                flags.append("no --compat")
-            else:
-                flags.append(flag.format(meta[key]))
-    if list(meta.get("image_shape", [])) != list(expect["image_shape"]) or meta.get(
-        "num_classes"
-    ) != expect["num_classes"]:
-        flags.append(f"--dataset {meta.get('dataset', '<its dataset>')}")
-    return f"\nTo use this supernet: {' '.join(flags)}" if flags else ""
+    return load_supernet(path, expect=expect)
 
 
 @dataclasses.dataclass(frozen=True)

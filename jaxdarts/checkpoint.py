@@ -765,7 +765,26 @@ def _check_expect(folder: Path, meta: dict[str, Any], expect: Any) -> None:
             f"the supernet in {folder} was trained for {saved}, but the run asks "
             f"for {asked}. Pre-train a matching supernet (python -m "
             "jaxdarts.pretrain with the same settings) or change the run's settings."
+            + _matching_flags(meta, diff)
         )
+
+
+#: The flags that set each supernet description key.
+_META_FLAGS = {
+    "space": "--set supernet.space={}",
+    "channels": "--set supernet.channels={}",
+    "layers": "--set supernet.layers={}",
+}
+
+
+def _matching_flags(meta: dict[str, Any], diff: list[str]) -> str:
+    """``"\nTo use this supernet: --set supernet.layers=1 ..."`` for ``diff``."""
+    flags = [_META_FLAGS[k].format(meta[k]) for k in diff if k in _META_FLAGS]
+    if "swap_cells" in diff:
+        flags.append("--compat dartsrl" if meta["swap_cells"] else "no --compat")
+    if {"image_shape", "num_classes", "dataset"} & set(diff) and "dataset" in meta:
+        flags.append(f"--dataset {meta['dataset']}")
+    return f"\nTo use this supernet: {' '.join(flags)}" if flags else ""
 
 
 def load_supernet(

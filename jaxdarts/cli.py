@@ -341,12 +341,13 @@ def usage_errors() -> Iterator[None]:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from jaxdarts.checkpoint import CorruptCheckpointError
-    from jaxdarts.runs import ConfigMismatchError, RunExistsError
+    from jaxdarts.runs import ConfigMismatchError, RunExistsError, RunFolderError
 
     return (
         UsageError,
         config_lib.ConfigError,
         RunExistsError,
+        RunFolderError,
         ConfigMismatchError,
         CorruptCheckpointError,
     )

@@ -46,6 +46,7 @@ __all__ = [
     "GracefulInterrupt",
     "RunDir",
     "RunExistsError",
+    "RunFolderError",
     "check_out",
     "check_writable",
     "config_diff",
@@ -99,6 +100,11 @@ class RunExistsError(RuntimeError):
             f"run folder {self.path} already exists and is not empty: use "
             f"--resume {self.path} to continue it or --overwrite to replace it"
         )
+
+
+class RunFolderError(ValueError):
+    """A run folder (``--out``, ``--resume``) that cannot be used: a file, a
+    folder that is no run folder, a protected or an unwritable place."""
 
 
 class ConfigMismatchError(ValueError):
@@ -319,7 +325,7 @@ def _check_replaceable(path: Path) -> None:
         or real == package_root
         or real in package_root.parents
     ):
-        raise ValueError(
+        raise RunFolderError(
             f"refusing to --overwrite {path}: it is the root, home, current or "
             "source folder (or one above them); choose a dedicated run folder"
         )
@@ -354,14 +360,14 @@ def check_out(path: str | os.PathLike, *, overwrite: bool) -> Path:
     """
     path = Path(path).expanduser().absolute()
     if path.is_file() or path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise ValueError(
+        raise RunFolderError(
             f"--out {path} is an existing file, not a folder: choose a folder path"
         )
     if _is_nonempty(path):
         if not overwrite:
             raise RunExistsError(path)
         if not looks_like_run(path):
-            raise ValueError(
+            raise RunFolderError(
                 f"refusing to --overwrite {path}: it holds files but no "
                 f"{CONFIG_FILE}, so it is not a jaxdarts run folder; choose "
                 "another --out or empty it yourself"
@@ -376,12 +382,12 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
     created and written: probes the nearest existing folder with a file."""
     path = Path(path).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path}: it is a file, not a folder")
+        raise RunFolderError(f"{what} {path}: it is a file, not a folder")
     probe_dir = path if path.is_dir() else path.parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
-        raise ValueError(
+        raise RunFolderError(
             f"{what} {path}: {probe_dir} is a file, so no folder can be made "
             "under it; choose another path"
         )
@@ -390,7 +396,7 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise ValueError(
+        raise RunFolderError(
             f"{what} {path}: cannot write in {probe_dir} ({e.strerror}); choose a "
             "writable place"
         ) from None

@@ -1153,6 +1153,7 @@ def command_main(
 
 
 def _check_run_args(args: Any) -> None:
+    from jaxdarts import cli
     from jaxdarts.cli import UsageError
 
     if args.stop_after is not None and args.stop_after < 1:
@@ -1161,6 +1162,8 @@ def _check_run_args(args: Any) -> None:
         raise UsageError("give either --out (new run) or --resume DIR, not both")
     if args.resume and args.overwrite:
         raise UsageError("--overwrite cannot be combined with --resume")
+    if args.resume and Path(args.resume).is_dir():
+        cli.check_resume_dir(args.resume)  # a run folder we can write in
 
 
 def _saved_overrides(command: str, args: Any) -> tuple[str, dict[str, Any]]:

@@ -98,6 +98,12 @@ CASES = [
      "cannot be read (damaged or incomplete files"),
     ("search", f"{TINY} --supernet-ckpt {{sn_manifest}} --out {{out}}", 2,
      "cannot be read (damaged or incomplete files"),
+    ("score", f"{QUICK} --genotype disc-nwot --supernet-ckpt {{sn}}", 2,
+     "To use this supernet: --set supernet.layers=1"),
+    ("score", f"{QUICK} --genotype disc-nwot --supernet-ckpt {{sn_json}}", 2,
+     "supernet.json is not valid JSON"),
+    ("score", f"{QUICK} --genotype disc-nwot --layers 1 --supernet-ckpt {{sn_trunc}}",
+     2, "cannot be read (damaged or incomplete files"),
     # --out
     ("search", f"{TINY} --out {{file}}", 2, "is an existing file, not a folder"),
     ("search", f"{TINY} --out {{file}} --overwrite", 2, "is an existing file"),
