@@ -29,6 +29,7 @@ __all__ = [
     "ppo_config",
     "pretrained_supernet",
     "search_setup",
+    "check_batch_size",
 ]
 
 from jaxdarts.checkpoint import load_supernet, supernet_config_from_meta
@@ -169,6 +170,15 @@ class SearchSetup:
         return self.ppo.n_steps * self.num_envs
 
 
+def check_batch_size(batch_size: int, valid: int, dataset: str) -> None:
+    """A reward batch must fit in the validation half of the train split."""
+    if batch_size > valid:
+        raise ValueError(
+            f"env.batch_size {batch_size} is larger than the validation half of "
+            f"{dataset} ({valid} images): use --set env.batch_size={valid} or less"
+        )
+
+
 def _seed_variables(cfg: Mapping[str, Any], env_cfg, image_shape) -> list[Any]:
     """The supernet variables of every seed: the pre-trained ones, or seed ``i``'s
     init from ``fold_in(key(seed + i), 7)``."""
@@ -209,6 +219,7 @@ def search_setup(cfg: Mapping[str, Any], dataset=None) -> SearchSetup:
     num_envs = cfg["env"]["num_envs"]
     ppo = ppo_config(cfg["ppo"], num_envs)
     tr, va = data_lib.split_indices(len(ds.train_images), cfg["seed"])
+    check_batch_size(env_cfg.batch_size, len(va), cfg["data"]["dataset"])
     train = (ds.train_images[tr], ds.train_labels[tr])
     if not env_cfg.weight_step:
         train = (None, None)

@@ -45,6 +45,8 @@ import orbax.checkpoint as ocp
 
 __all__ = [
     "Checkpointer",
+    "CorruptCheckpointError",
+    "restore_newest_valid",
     "save_pytree",
     "load_pytree",
     "SUPERNET_DIR",
@@ -489,6 +491,62 @@ class Checkpointer:
 # ---------------------------------------------------------------- one-shot helpers
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint (or saved supernet) that exists but cannot be read back."""
+
+
+def restore_newest_valid(
+    ckpt: Checkpointer, target: Any, warn: Any = None
+) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint of ``ckpt`` that can be read.
+
+    A checkpoint that fails to restore (a truncated or altered file, a deleted
+    manifest or metadata) is skipped with a warning naming it, and the next older
+    one is tried.
+
+    Args:
+      ckpt: the run's checkpoints.
+      target: as :meth:`Checkpointer.restore`.
+      warn: ``warn(message)`` for each skipped checkpoint (e.g. a logger's
+        ``warning``); None: silent.
+
+    Returns:
+      ``(step, state)``, or None when the folder holds no checkpoint at all.
+
+    Raises:
+      CorruptCheckpointError: there are checkpoints, but none restores (each
+        one's error listed).
+    """
+    steps = ckpt.all_steps()
+    if not steps:
+        return None
+    errors = []
+    for step in reversed(steps):
+        try:
+            state = ckpt.restore(step, target)
+        except Exception as e:  # noqa: BLE001 - any failure means unreadable
+            where = ckpt.directory / str(step)
+            errors.append(f"{where}: {type(e).__name__}: {_first_line(e)}")
+            if warn is not None:
+                warn(
+                    f"checkpoint {where} cannot be restored ({errors[-1]}); "
+                    "falling back to the previous checkpoint"
+                )
+            continue
+        if errors and warn is not None:
+            warn(f"resumed from checkpoint {step}, the newest that restores")
+        return step, state
+    raise CorruptCheckpointError(
+        f"no checkpoint in {ckpt.directory} can be restored (damaged files); "
+        "start the run again with --out DIR --overwrite:\n  " + "\n  ".join(errors)
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
 def save_pytree(path: str | Path, tree: Any, *, overwrite: bool = False) -> Path:
     """Saves ``tree`` synchronously as a single Orbax checkpoint folder ``path``.
 
@@ -707,7 +765,26 @@ def _check_expect(folder: Path, meta: dict[str, Any], expect: Any) -> None:
             f"the supernet in {folder} was trained for {saved}, but the run asks "
             f"for {asked}. Pre-train a matching supernet (python -m "
             "jaxdarts.pretrain with the same settings) or change the run's settings."
+            + _matching_flags(meta, diff)
         )
+
+
+#: The flags that set each supernet description key.
+_META_FLAGS = {
+    "space": "--set supernet.space={}",
+    "channels": "--set supernet.channels={}",
+    "layers": "--set supernet.layers={}",
+}
+
+
+def _matching_flags(meta: dict[str, Any], diff: list[str]) -> str:
+    """``"\nTo use this supernet: --set supernet.layers=1 ..."`` for ``diff``."""
+    flags = [_META_FLAGS[k].format(meta[k]) for k in diff if k in _META_FLAGS]
+    if "swap_cells" in diff:
+        flags.append("--compat dartsrl" if meta["swap_cells"] else "no --compat")
+    if {"image_shape", "num_classes", "dataset"} & set(diff) and "dataset" in meta:
+        flags.append(f"--dataset {meta['dataset']}")
+    return f"\nTo use this supernet: {' '.join(flags)}" if flags else ""
 
 
 def load_supernet(
@@ -735,8 +812,14 @@ def load_supernet(
         listed), or names a key the meta does not have.
     """
     folder = _supernet_folder(path)
-    meta = json.loads((folder / SUPERNET_META).read_text())
-    if meta.get("format") != SUPERNET_FORMAT:
+    try:
+        meta = json.loads((folder / SUPERNET_META).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(
+            f"the pre-trained supernet in {folder} is damaged: "
+            f"{SUPERNET_META} is not valid JSON ({e}); pre-train it again"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != SUPERNET_FORMAT:
         raise ValueError(
             f"{folder / SUPERNET_META} is not a jaxdarts supernet description "
             f"(format {meta.get('format')!r}, expected {SUPERNET_FORMAT!r})"
@@ -746,4 +829,11 @@ def load_supernet(
         _check_expect(folder, meta, expect)
     init = supernet_init_fn(supernet_config_from_meta(meta), meta["image_shape"])
     target = jax.eval_shape(init, jax.random.key(0))
-    return load_pytree(folder, target), meta
+    try:
+        return load_pytree(folder, target), meta
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable weights
+        raise CorruptCheckpointError(
+            f"the pre-trained supernet in {folder} cannot be read (damaged or "
+            f"incomplete files: {type(e).__name__}: {_first_line(e)}); pre-train "
+            "it again or give another --supernet-ckpt"
+        ) from None

@@ -46,7 +46,11 @@ __all__ = [
     "GracefulInterrupt",
     "RunDir",
     "RunExistsError",
+    "RunFolderError",
+    "check_out",
+    "check_writable",
     "config_diff",
+    "looks_like_run",
     "enable_compilation_cache",
     "environment_info",
     "progress",
@@ -96,6 +100,11 @@ class RunExistsError(RuntimeError):
             f"run folder {self.path} already exists and is not empty: use "
             f"--resume {self.path} to continue it or --overwrite to replace it"
         )
+
+
+class RunFolderError(ValueError):
+    """A run folder (``--out``, ``--resume``) that cannot be used: a file, a
+    folder that is no run folder, a protected or an unwritable place."""
 
 
 class ConfigMismatchError(ValueError):
@@ -316,21 +325,92 @@ def _check_replaceable(path: Path) -> None:
         or real == package_root
         or real in package_root.parents
     ):
-        raise ValueError(
+        raise RunFolderError(
             f"refusing to --overwrite {path}: it is the root, home, current or "
             "source folder (or one above them); choose a dedicated run folder"
         )
 
 
-def _remove_old(path: Path) -> None:
-    """Renames ``path`` to a hidden sibling, then deletes that sibling."""
+def _sibling(path: Path, kind: str) -> Path:
+    """A free hidden sibling name ``.<kind>-<name>-<time>[-n]`` of ``path``."""
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    old = path.with_name(f".old-{path.name}-{stamp}")
+    out = path.with_name(f".{kind}-{path.name}-{stamp}")
     n = 0
-    while old.exists() or old.is_symlink():
+    while out.exists() or out.is_symlink():
         n += 1
-        old = path.with_name(f".old-{path.name}-{stamp}-{n}")
+        out = path.with_name(f".{kind}-{path.name}-{stamp}-{n}")
+    return out
+
+
+def looks_like_run(path: Path) -> bool:
+    """Whether ``path`` is a folder with a ``config.json`` (a jaxdarts run folder)."""
+    return path.is_dir() and not path.is_symlink() and (path / CONFIG_FILE).is_file()
+
+
+def check_out(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Refuses (before any work) a run folder ``--out`` that cannot be used.
+
+    ``path`` must be missing, an empty folder, or (with ``overwrite``) a run
+    folder; its parent must be writable (a probe file is created and removed).
+
+    Raises:
+      RunExistsError: a non-empty folder without ``overwrite``.
+      ValueError: a file, a folder that is no run folder, a protected folder, or
+        a place that cannot be written (the message says which).
+    """
+    path = Path(path).expanduser().absolute()
+    if path.is_file() or path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RunFolderError(
+            f"--out {path} is an existing file, not a folder: choose a folder path"
+        )
+    if _is_nonempty(path):
+        if not overwrite:
+            raise RunExistsError(path)
+        if not looks_like_run(path):
+            raise RunFolderError(
+                f"refusing to --overwrite {path}: it holds files but no "
+                f"{CONFIG_FILE}, so it is not a jaxdarts run folder; choose "
+                "another --out or empty it yourself"
+            )
+        _check_replaceable(path)
+    check_writable(path)
+    return path
+
+
+def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
+    """Raises ValueError unless ``path`` (a folder, existing or not) can be
+    created and written: probes the nearest existing folder with a file."""
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{what} {path}: it is a file, not a folder")
+    probe_dir = path if path.is_dir() else path.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise RunFolderError(
+            f"{what} {path}: {probe_dir} is a file, so no folder can be made "
+            "under it; choose another path"
+        )
+    probe = probe_dir / f".jaxdarts-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(
+            f"{what} {path}: cannot write in {probe_dir} ({e.strerror}); choose a "
+            "writable place"
+        ) from None
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Replaces ``path`` by ``staging`` (two renames), then deletes the old run."""
+    old = _sibling(path, "old")
     os.rename(path, old)
+    os.rename(staging, path)
+    _delete_old(old)
+
+
+def _delete_old(old: Path) -> None:
     try:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
@@ -367,9 +447,10 @@ class RunDir:
         Args:
             path: Folder to create (an existing empty folder is used as is).
             config: The resolved config; must be JSON-able.
-            overwrite: Replace an existing non-empty folder. It is removed only
-                after every check passed: renamed to a hidden sibling
-                ``.old-<name>-<time>`` and then deleted. Nothing else is touched.
+            overwrite: Replace an existing run folder (one with a
+                ``config.json``). The new run is first written into a hidden
+                sibling ``.new-<name>-<time>``, then swapped in by renames; only
+                then is the old run deleted, so a failed start loses nothing.
 
         Returns:
             The new run folder.
@@ -377,19 +458,29 @@ class RunDir:
         Raises:
             RunExistsError: ``path`` exists, is not empty, and not ``overwrite``.
             TypeError: ``config`` is not JSON-able.
-            ValueError: ``overwrite`` would replace the root, home, current or
-                source folder.
+            ValueError: ``path`` is a file, a non-empty folder that is no run
+                folder, a protected folder (root, home, current, source) or
+                not writable (:func:`check_out`).
         """
         path = Path(path).expanduser().absolute()
         saved = _normalize(config)
         if not isinstance(saved, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         env = environment_info()
+        check_out(path, overwrite=overwrite)
         if _is_nonempty(path):
-            if not overwrite:
-                raise RunExistsError(path)
-            _check_replaceable(path)
-            _remove_old(path)
+            # Build the new run in a hidden sibling, then swap it in: the old run
+            # stays whole until the new folder holds its config.
+            staging = _sibling(path, "new")
+            staging.mkdir(parents=True)
+            try:
+                atomic_write_json(staging / CONFIG_FILE, saved)
+                atomic_write_json(staging / ENV_FILE, env)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            _swap_in(staging, path)
+            return cls(path, saved)
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path / CONFIG_FILE, saved)
         atomic_write_json(path / ENV_FILE, env)

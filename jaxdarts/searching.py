@@ -57,6 +57,9 @@ def check_devices(devices: int | None, num_envs: int) -> None:
             f"--devices {devices} must divide the number of envs ({num_envs}): "
             "choose --num-envs as a multiple of it"
         )
+    from jaxdarts import sharding
+
+    sharding.make_mesh(devices)  # more devices than there are: a ValueError now
 
 
 def prepare(
@@ -96,6 +99,22 @@ def check_resume(cfg: dict[str, Any], path: str) -> None:
     diff = config_diff(saved, cfg, DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE)
     if diff:
         raise ConfigMismatchError(diff, path)
+    _check_resume_extras(saved, cfg, path)
+
+
+def _check_resume_extras(saved: dict, cfg: dict, path: str) -> None:
+    """A resume may only lengthen a search, and needs a checkpoint to start from."""
+    from jaxdarts.cli import UsageError
+
+    before, after = saved["run"]["total_steps"], cfg["run"]["total_steps"]
+    if after < before:
+        raise UsageError(
+            f"--resume {path}: run.total_steps may only grow on resume (to extend "
+            f"the search), saved {before} > given {after}"
+        )
+    ckpts = os.path.join(path, "checkpoints")
+    if not os.path.isdir(ckpts) or not any(n.isdigit() for n in os.listdir(ckpts)):
+        raise UsageError(_no_checkpoint(path))
 
 
 def default_out(cfg: dict[str, Any]) -> str:
@@ -198,10 +217,32 @@ def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
         rec: dict[str, Any] = {"update": update, "timesteps": update * per_update}
         for name, val in metrics.items():
             vals = np.asarray(val)[:, u]
-            rec[name] = float(vals[0]) if seeds == 1 else [float(x) for x in vals]
+            rec[name] = vals[0].item() if seeds == 1 else [x.item() for x in vals]
         rec["steps_per_s"] = per_update * seeds * n / max(run_s, 1e-9)
         rec["compile_s"] = compile_s if u == 0 else 0.0
         yield rec
+
+
+def _warn_invalid(rec: dict[str, Any]) -> None:
+    """A WARNING when most episode-end rewards of an update were invalid."""
+    bad, eps = rec.get("invalid_rewards"), rec.get("num_episodes")
+    if bad is None or eps is None:
+        return
+    bad = bad if isinstance(bad, list) else [bad]
+    eps = eps if isinstance(eps, list) else [eps]
+    for seed, (b, e) in enumerate(zip(bad, eps, strict=True)):
+        if e > 0 and 2 * b > e:
+            where = f" (seed {seed})" if len(bad) > 1 else ""
+            log.warning(
+                "update %d%s: %d of %d rewards were invalid (non-finite score, or "
+                "a singular NWOT kernel: e.g. identical or constant images in the "
+                "batch); those episodes got env.invalid_reward and the search "
+                "learns nothing from them: check the data and the reward",
+                rec["update"],
+                where,
+                int(b),
+                int(e),
+            )
 
 
 def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: int):
@@ -222,6 +263,7 @@ def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: 
     metrics = jax.device_get(metrics)
     run_s = time.perf_counter() - t0
     for rec in _records(run, metrics, n, run_s, compile_s):
+        _warn_invalid(rec)
         run.run_dir.append_metrics(rec)
         if run.tb is not None:
             run.tb.log(rec, rec["timesteps"])
@@ -448,12 +490,31 @@ def _initial_state(run: SearchRun, ckpt, resume: bool):
     init_jit, chunk_jit = make_programs(setup, cfg["run"]["top_k"])
     keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
     state = init_jit(keys, setup.env_params)
-    step = ckpt.latest_step() if resume else None
-    if step is not None:
-        state, run.done_updates = ckpt.restore(step, state), step
-        run.run_dir.truncate_metrics(step, key="update")
-        log.info("resumed from update %d", step)
+    if resume:
+        state = _restore(run, ckpt, state)
     return state, chunk_jit
+
+
+def _restore(run: SearchRun, ckpt, state):
+    """The newest checkpoint that restores (damaged ones skipped with a WARNING);
+    the metrics after it are dropped, so no update is ever logged twice."""
+    from jaxdarts.checkpoint import restore_newest_valid
+
+    found = restore_newest_valid(ckpt, state, warn=log.warning)
+    if found is None:
+        raise FileNotFoundError(_no_checkpoint(run.run_dir.path))
+    step, state = found
+    run.done_updates = step
+    run.run_dir.truncate_metrics(step, key="update")
+    log.info("resumed from update %d", step)
+    return state
+
+
+def _no_checkpoint(path) -> str:
+    return (
+        f"--resume {path}: the run has no checkpoint to continue from; start it "
+        f"again with --out {path} --overwrite"
+    )
 
 
 def _open_run(cfg, out, resume: bool, overwrite: bool):
@@ -462,7 +523,11 @@ def _open_run(cfg, out, resume: bool, overwrite: bool):
 
     if resume:
         ignore = DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE
-        return RunDir.resume(out, cfg, ignore=ignore)
+        run_dir = RunDir.resume(out, cfg, ignore=ignore)
+        if run_dir.config != cfg:  # a key that may change did (e.g. more steps)
+            run_dir.write_json("config.json", cfg)
+            run_dir.config = cfg
+        return run_dir
     return RunDir.create(out or default_out(cfg), cfg, overwrite=overwrite)
 
 

@@ -585,7 +585,7 @@ def start_run(
       ConfigMismatchError: ``resume`` with a config that differs from the saved one.
       FileNotFoundError: ``resume`` of a folder that is not a run folder.
     """
-    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir, RunExistsError
+    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir
 
     if resume:
         rundir = RunDir.resume(
@@ -595,9 +595,10 @@ def start_run(
         for dotted in may_change:
             _set_dotted(merged, dotted, _get_dotted(config, dotted))
         return merged, rundir
+    from jaxdarts.runs import check_out
+
     path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise RunExistsError(path)
+    check_out(path, overwrite=overwrite)
     return config, path
 
 
@@ -731,11 +732,14 @@ def _fresh(job: Job, state: TrainState) -> dict[str, Any]:
 
 def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
     """The latest checkpoint (metrics after it dropped), or None for a fresh start."""
+    from jaxdarts.checkpoint import restore_newest_valid
+
     rundir = job.rundir
-    if ckpt.latest_step() is None:
+    found = restore_newest_valid(ckpt, _tree(_fresh(job, state)), warn=log.warning)
+    if found is None:
         rundir.truncate_metrics(-1, key="epoch")
         return None
-    r = ckpt.restore(None, _tree(_fresh(job, state)))
+    r = found[1]
     r = {
         k: (v if k in ("state", "sums") else np.asarray(v).item()) for k, v in r.items()
     }
@@ -1149,6 +1153,7 @@ def command_main(
 
 
 def _check_run_args(args: Any) -> None:
+    from jaxdarts import cli
     from jaxdarts.cli import UsageError
 
     if args.stop_after is not None and args.stop_after < 1:
@@ -1157,6 +1162,8 @@ def _check_run_args(args: Any) -> None:
         raise UsageError("give either --out (new run) or --resume DIR, not both")
     if args.resume and args.overwrite:
         raise UsageError("--overwrite cannot be combined with --resume")
+    if args.resume and Path(args.resume).is_dir():
+        cli.check_resume_dir(args.resume)  # a run folder we can write in
 
 
 def _saved_overrides(command: str, args: Any) -> tuple[str, dict[str, Any]]:
@@ -1164,13 +1171,18 @@ def _saved_overrides(command: str, args: Any) -> tuple[str, dict[str, Any]]:
     (``null`` as text, so that a saved null is kept)."""
     import json
 
+    from jaxdarts import cli
     from jaxdarts import config as config_lib
     from jaxdarts.cli import UsageError
 
     path = Path(args.resume) / "config.json"
     if not path.is_file():
-        raise UsageError(f"cannot resume {args.resume}: no config.json there")
+        raise UsageError(
+            f"cannot resume {args.resume}: no config.json there, so it is not a "
+            "run folder (start a new run with --out instead)"
+        )
     saved = json.loads(path.read_text())
+    cli.check_saved_command(command, args.resume, saved)
     preset = saved.get("preset", "paper")
     if args.preset not in (None, "paper", preset):
         raise UsageError(

@@ -470,13 +470,18 @@ def test_genotype_edge_ops_maps_pairs_to_the_14_edges():
                 assert ops[e] is not None
 
 
-def test_genotype_edge_ops_keeps_the_first_of_two_pairs_from_one_input():
+def test_two_pairs_of_a_node_from_one_input_are_refused_everywhere():
+    # score (edge ops) and train (EvalNet) must build the same network: both refuse.
     g = PUBLISHED["disc-acc"]._replace(
         normal=(("skip_connect", 1), ("sep_conv_3x3", 1))
         + PUBLISHED["disc-acc"].normal[2:]
     )
-    normal, _ = genotype_edge_ops(g)
-    assert normal[:2] == (None, "skip_connect")
+    with pytest.raises(ValueError, match="node 0 takes both 'skip_connect' and"):
+        genotype_edge_ops(g)
+    with pytest.raises(ValueError, match="different inputs"):
+        from_darts_string(to_darts_string(g))
+    for name in PUBLISHED:  # published genotypes never repeat an input
+        validate_genotype(PUBLISHED[name])
 
 
 def test_edge_ops_and_sentinels_round_trip_for_canonical_genotypes():
@@ -511,9 +516,9 @@ S3_GENOTYPE = Genotype(
     normal_concat=CONCAT,
     reduce=(
         ("skip_connect", 0),
-        ("skip_connect", 0),  # two pairs from the same input
+        ("skip_connect", 1),
         ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2),
         ("skip_connect", 0),
         ("skip_connect", 1),
         ("sep_conv_3x3", 0),
