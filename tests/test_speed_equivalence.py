@@ -113,7 +113,9 @@ def test_shared_preprocessing_codes_give_the_same_statistics(
     from jaxdarts import supernet
 
     monkeypatch.setattr(
-        supernet, "_memo_stats", lambda codes, b, memo: supernet.codes_to_stats(codes, b)
+        supernet,
+        "_memo_stats",
+        lambda codes, b, memo: supernet.codes_to_stats(codes, b),
     )
     for (la, sa), (lb, sb) in zip(
         discrete(REFERENCE, variables, data[0]), reference_discrete, strict=True
