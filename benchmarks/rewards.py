@@ -172,49 +172,51 @@ def run_forms(rec: C.Recorder, quick: bool) -> None:
         _one_form(rec, setting, impl, edges, n_archs)
 
 
-def run_weight_step(rec: C.Recorder, quick: bool) -> None:
-    """One SGD step through ``apply_dense`` with train-mode BN (the cont variants'
-    weight step), C=8, 5 cells, batch 32, 32x32x3 (``--quick``: C=4, 2 cells)."""
+def weight_step_seconds(setting, impl: str = "auto", min_time: float = 1.0):
+    """``(seconds per step, compile s)`` of one SGD step (momentum 0.9) through
+    ``apply_dense`` with train-mode BN, softmax edge weights of random alphas."""
     import jax.numpy as jnp
     import optax
 
     from jaxdarts.supernet import SupernetConfig, get_supernet
 
+    net = get_supernet(
+        SupernetConfig(
+            channels=setting["channels"], layers=setting["layers"], impl=impl
+        )
+    )
+    variables = jax.jit(lambda k: net.init(k, setting["image"]))(jax.random.key(0))
+    x, y = C.image_batch(setting)
+    w = jax.nn.softmax(jax.random.normal(jax.random.key(4), (2, 14, net.num_ops)))
+    opt = optax.sgd(0.025, momentum=0.9)
+    opt_state = opt.init(variables["params"])
+
+    def step(variables, opt_state, x, y):
+        def loss(p):
+            v = {"params": p, "batch_stats": variables["batch_stats"]}
+            logits, _, bs = net.apply_dense(v, w[0], w[1], x, train=True, mutable=True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.mean(ce), bs
+
+        (_, bs), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        upd, new_opt = opt.update(g, opt_state, variables["params"])
+        p = optax.apply_updates(variables["params"], upd)
+        return {"params": p, "batch_stats": bs}, new_opt
+
+    compiled, tc = C.compile_fn(step, variables, opt_state, x, y)
+    return C.time_calls(compiled, variables, opt_state, x, y, min_time=min_time), tc
+
+
+def run_weight_step(rec: C.Recorder, quick: bool) -> None:
+    """One SGD step through ``apply_dense`` with train-mode BN (the cont variants'
+    weight step), C=8, 5 cells, batch 32, 32x32x3 (``--quick``: C=4, 2 cells, 8x8x1)."""
     setting = (
         {"channels": 4, "layers": 2, "batch": 32, "image": (8, 8, 1)}
         if quick
         else {"channels": 8, "layers": 5, "batch": 32, "image": (32, 32, 3)}
     )
     for impl in ("loop", "fused"):
-        net = get_supernet(
-            SupernetConfig(
-                channels=setting["channels"], layers=setting["layers"], impl=impl
-            )
-        )
-        variables = jax.jit(lambda k, net=net: net.init(k, setting["image"]))(
-            jax.random.key(0)
-        )
-        x, y = C.image_batch(setting)
-        w = jax.nn.softmax(jax.random.normal(jax.random.key(4), (2, 14, net.num_ops)))
-        opt = optax.sgd(0.025, momentum=0.9)
-        opt_state = opt.init(variables["params"])
-
-        def step(variables, opt_state, x, y, net=net, w=w, opt=opt):
-            def loss(p):
-                v = {"params": p, "batch_stats": variables["batch_stats"]}
-                logits, _, bs = net.apply_dense(
-                    v, w[0], w[1], x, train=True, mutable=True
-                )
-                ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-                return jnp.mean(ce), bs
-
-            (_, bs), g = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-            upd, new_opt = opt.update(g, opt_state, variables["params"])
-            p = optax.apply_updates(variables["params"], upd)
-            return {"params": p, "batch_stats": bs}, new_opt
-
+        dt, tc = weight_step_seconds(setting, impl)
         conf = {"setting": C.label(setting), "impl": impl, "train_bn": True}
-        compiled, tc = C.compile_fn(step, variables, opt_state, x, y)
-        dt = C.time_calls(compiled, variables, opt_state, x, y, min_time=1.0)
         rec.add("rewards", f"dense weight step {impl}", dt * 1e3, "ms", **conf)
         rec.add("rewards", f"dense weight step {impl} compile", tc, "s", **conf)
