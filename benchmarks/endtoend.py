@@ -76,6 +76,41 @@ def search_command(variant, preset, transitions, sets, npz, out) -> list[str]:
     return cmd
 
 
+def random_supernet(folder: str, variant, preset, sets, shape=(32, 32, 3)) -> str:
+    """Writes a randomly initialised supernet of a row's size as a pre-trained one.
+
+    The ``cont`` and ``ckpt`` variants need ``--supernet-ckpt``; throughput does not
+    depend on the weights, so a fresh init (the supernet file format of
+    :func:`jaxdarts.checkpoint.save_supernet`) stands in for pre-training.
+    """
+    import jax
+
+    from jaxdarts import build
+    from jaxdarts import checkpoint as ckpt
+    from jaxdarts import config as config_lib
+    from jaxdarts.supernet import get_supernet
+
+    sets = (*sets, f"supernet.checkpoint={folder}")
+    cfg = config_lib.load("search", preset=preset, variant=variant, sets=sets)
+    net_cfg = build.supernet_config(cfg["supernet"], 10, cfg["compat"])
+    variables = get_supernet(net_cfg).init(jax.random.key(0), shape)
+    meta = {
+        "format": ckpt.SUPERNET_FORMAT,
+        "space": net_cfg.space,
+        "channels": net_cfg.channels,
+        "layers": net_cfg.layers,
+        "num_classes": net_cfg.num_classes,
+        "stem_multiplier": net_cfg.stem_multiplier,
+        "swap_cells": net_cfg.swap_cells,
+        "image_shape": list(shape),
+        "split_seed": 0,
+        "compat": cfg["compat"],
+        "note": "random init (benchmark stand-in)",
+    }
+    ckpt.save_supernet(folder, variables, meta)
+    return folder
+
+
 def read_rate(out: str) -> tuple[float, float]:
     """``(median timesteps/s of the updates after the first, compile s)``."""
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -93,6 +128,9 @@ def run(rec: C.Recorder, quick: bool) -> None:
         npz = write_npz(os.path.join(tmp, "cifar_shaped.npz"), 2000 if quick else 10000)
         for name, (variant, preset, n, sets) in (QUICK if quick else RUNS).items():
             out = os.path.join(tmp, name.replace(" ", "_"))
+            if variant.startswith("cont") or "ckpt" in variant:
+                sup = random_supernet(out + "_supernet", variant, preset, sets)
+                sets = (*sets, f"supernet.checkpoint={sup}")
             cmd = search_command(variant, preset, n, sets, npz, out)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
