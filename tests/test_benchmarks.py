@@ -105,3 +105,21 @@ def test_multihost_says_when_launch_is_missing(monkeypatch):
     rec = C.Recorder(verbose=False)
     multihost.run(rec, quick=True)
     assert [r["item"] for r in rec.rows] == ["needs jaxdarts.launch"]
+
+
+def test_endtoend_random_supernet_is_accepted_by_search(tmp_path):
+    from benchmarks import endtoend as E
+    from jaxdarts import build
+    from jaxdarts import config as config_lib
+
+    sets = ("compat=dartsrl",)
+    sup = E.random_supernet(str(tmp_path / "sup"), "cont-acc-step", "quick", sets)
+    cfg = config_lib.load(
+        "search",
+        preset="quick",
+        variant="cont-acc-step",
+        sets=(*sets, f"supernet.checkpoint={sup}"),
+    )
+    net = build.env_config(cfg, (32, 32, 3), 10).net
+    _, meta = build.pretrained_supernet(sup, net, (32, 32, 3))  # raises on mismatch
+    assert meta["swap_cells"] is True and meta["layers"] == net.layers
