@@ -93,7 +93,8 @@ def random_supernet(folder: str, variant, preset, sets, shape=(32, 32, 3)) -> st
     sets = (*sets, f"supernet.checkpoint={folder}")
     cfg = config_lib.load("search", preset=preset, variant=variant, sets=sets)
     net_cfg = build.supernet_config(cfg["supernet"], 10, cfg["compat"])
-    variables = get_supernet(net_cfg).init(jax.random.key(0), shape)
+    net = get_supernet(net_cfg)
+    variables = jax.jit(lambda k: net.init(k, shape))(jax.random.key(0))
     meta = {
         "format": ckpt.SUPERNET_FORMAT,
         "space": net_cfg.space,

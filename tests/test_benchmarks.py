@@ -112,7 +112,7 @@ def test_endtoend_random_supernet_is_accepted_by_search(tmp_path):
     from jaxdarts import build
     from jaxdarts import config as config_lib
 
-    sets = ("compat=dartsrl",)
+    sets = ("compat=dartsrl", "supernet.channels=2", "supernet.layers=1")  # tiny
     sup = E.random_supernet(str(tmp_path / "sup"), "cont-acc-step", "quick", sets)
     cfg = config_lib.load(
         "search",
