@@ -80,7 +80,7 @@ def _pairs(spec: str) -> tuple[Pair, ...]:
 
 # The nine genotypes published with the paper (reference code model/genotypes.py),
 # named after the variants that found them. Note that because of the reference's
-# normal/reduce swap (reference.md §0.1) the "reduce" gene of the discrete variants was
+# normal/reduce swap (the reference implementation; docs/semantics.md) the "reduce" gene of the discrete variants was
 # chosen while acting on the supernet's normal positions.
 PUBLISHED: dict[str, Genotype] = {
     "disc-nwot": _g(
@@ -220,7 +220,7 @@ def _derive_cell(
 
 
 def derive_genotype(alpha_normal, alpha_reduce, space: SearchSpace | str) -> Genotype:
-    """Discretises architecture parameters into a genotype (decisions.md).
+    """Discretises architecture parameters into a genotype (docs/semantics.md).
 
     Each node keeps its 2 incoming edges with the largest softmax weight of a non-`none`
     op, ties going to the lowest edge index; each kept edge carries that op (ties to the

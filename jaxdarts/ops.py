@@ -7,7 +7,7 @@ Every op is called as ``op(x, train, codes)``:
   statistics when the ``batch_stats`` collection is mutable), running statistics when
   False. BatchNorm follows PyTorch (eps 1e-5, momentum 0.1, unbiased running variance).
 * ``codes``: ``None``, or a Python list to which every ReLU appends its *input* (the
-  tensor whose sign pattern is the NWOT binary code, reference.md §3).
+  tensor whose sign pattern is the NWOT binary code, the reference implementation).
 
 Depthwise convolutions and pools have four exact implementations: XLA's native
 convolution / ``reduce_window`` (``impl="xla"``), sums of shifted, strided slices

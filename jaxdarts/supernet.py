@@ -5,7 +5,7 @@ weights (the softmax of the alphas, :meth:`Supernet.edge_weights`) for the dense
 or one op index per edge for the discrete path, so the same weights can be vmapped
 over many architectures, and the alphas can be differentiated through.
 
-Layout (reference.md §4): stem conv3x3 (C_in -> 3C) + BN; ``layers`` cells with
+Layout (the reference implementation; docs/semantics.md): stem conv3x3 (C_in -> 3C) + BN; ``layers`` cells with
 reductions (stride 2, doubled channels) at ``layers // 3`` and ``2 * layers // 3``;
 global average pool; linear classifier. A cell preprocesses its two inputs (ReLU-Conv-BN
 1x1, or FactorizedReduce after a reduction cell; affine BN as in the reference), then
@@ -17,7 +17,7 @@ leaving c_{k-1}, and those leaving nodes 0, 1 and 2. Within a group every op is 
 once and vmapped (dense) or scanned with a ``lax.switch`` (discrete) over the group's
 edges, which keeps an 8-cell supernet's compile time low.
 
-Reference semantics (decisions.md): ops whose softmax weight is <= ``eps`` (1e-3)
+Reference semantics (docs/semantics.md): ops whose softmax weight is <= ``eps`` (1e-3)
 contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
 drive normal cells unless ``swap_cells`` (``compat="dartsrl"``) reproduces the
 reference's swap, where reduction cells use the normal weights and vice versa.

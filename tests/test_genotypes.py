@@ -29,12 +29,12 @@ from jaxdarts.genotypes import (
 from jaxdarts.spaces import EDGE_INPUT, EDGE_NODE, NUM_EDGES, get_space
 
 SENTINEL = 1e6
-FIRST_EDGE = (0, 2, 5, 9)  # first edge of each node (reference.md §2.1)
+FIRST_EDGE = (0, 2, 5, 9)  # first edge of each node (the reference implementation; docs/semantics.md)
 CONCAT = (2, 3, 4, 5)
 DISCRETE = [name for name in PUBLISHED if name.startswith("disc-")]
 # Two published cells list a node's pairs in ascending input order, which the
 # reference produced only when the second edge had been given `none` and was then
-# filled with the noise argmax (reference.md §4.5). Alphas built from the pairs
+# filled with the noise argmax (the reference implementation; docs/semantics.md). Alphas built from the pairs
 # reproduce them up to the order of the two pairs inside a node.
 ORDER_ONLY = {("disc-ckpt-acc", "reduce"), ("disc-ckpt-loss", "reduce")}
 
@@ -87,7 +87,7 @@ def test_nine_published_genotypes():
         validate_genotype(g, "darts")
         assert len(g.normal) == len(g.reduce) == 8
         assert g.normal_concat == g.reduce_concat == CONCAT
-    # reference.md §6: DISC_NWOT's "reduce" gene is all sep_conv_5x5.
+    # the reference implementation: DISC_NWOT's "reduce" gene is all sep_conv_5x5.
     assert {op for op, _ in PUBLISHED["disc-nwot"].reduce} == {"sep_conv_5x5"}
     assert PUBLISHED["disc-nwot"].normal[:2] == (
         ("dil_conv_5x5", 1),
@@ -273,7 +273,7 @@ def test_ties_go_to_the_lowest_edge():
 
 
 def test_s3_labels_are_right():
-    # reference.md §0.3: the reference reports a chosen sep_conv_3x3 as skip_connect
+    # the reference implementation: the reference reports a chosen sep_conv_3x3 as skip_connect
     # and a chosen skip_connect as none. jaxdarts labels them correctly.
     sp = get_space("s3")
     edge_ops = ["sep_conv_3x3", "skip_connect"] * 7
