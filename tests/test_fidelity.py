@@ -236,6 +236,7 @@ def test_score_original_flavour_takes_the_env_batch(ckpt0, digits):
 
 
 # ------------------------------------------------------------------ final rollout
+@pytest.mark.slow  # compiles the PPO init and a weight-step rollout
 def test_final_rollout_uses_the_drifted_weights(ckpt0, digits):
     """A 1-cell C=4 cont-loss-step search: its final reward is computed on the
     supernet weights of the run's final env state, not on the initial ones.
@@ -330,6 +331,7 @@ for n in (1, 4):
 """
 
 
+@pytest.mark.slow  # two tiny searches in a subprocess
 def test_discrete_reward_path_shards(tmp_path):
     """``--devices 4`` on the discrete reward path: the first update's metrics equal
     ``--devices 1`` (1e-5 relative), without the old dense-path warning."""
