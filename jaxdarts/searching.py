@@ -32,6 +32,7 @@ __all__ = [
     "top_k_track",
     "make_programs",
     "train_loop",
+    "final_env_state",
     "final_architectures",
     "write_outputs",
     "summary_items",
@@ -165,22 +166,30 @@ def make_programs(setup: build.SearchSetup, top_k: int):
     return jax.jit(init_all), jax.jit(chunk_all, static_argnums=2, donate_argnums=0)
 
 
-def _shard(state, env_params, devices: int | None, env_cfg):
-    """Splits the env batch over ``devices`` devices; agent and env params replicated."""
+def _mesh(devices: int | None):
+    """The mesh of ``--devices N`` (None without the flag)."""
+    if devices is None:
+        return None
+    from jaxdarts import sharding
+
+    return sharding.make_mesh(devices)
+
+
+def _shard(state, env_params, devices: int | None, env_cfg, mesh=None):
+    """Splits the env batch over ``devices`` devices; agent and env params replicated.
+
+    The programs are traced under the same mesh (:attr:`SearchRun.mesh`), so the
+    discrete reward path's per-env loop is split over the devices too
+    (:func:`jaxdarts.env.map_envs`).
+    """
     if devices is None:
         return state, env_params
     from jaxdarts import sharding
 
-    mesh = sharding.make_mesh(devices)
+    mesh = sharding.make_mesh(devices) if mesh is None else mesh
     state = sharding.shard_train_state(state, mesh, env_axis=1)  # [seeds, envs, ...]
     env_params = sharding.replicate(env_params, mesh)
     log.info("env batch split over %d device(s): %s", devices, mesh.devices.tolist())
-    if devices > 1 and env_cfg.kind == "discrete" and env_cfg.reward.path == "discrete":
-        log.warning(
-            "reward_path=discrete scores the envs one by one (lax.map), which every "
-            "device then runs for all envs: use --set env.reward_path=dense to split "
-            "the rewards over the devices"
-        )
     return state, env_params
 
 
@@ -197,6 +206,7 @@ class SearchRun:
       done_updates: updates done so far (restored on resume).
       compile_s: seconds spent compiling chunks in this process.
       tb: the TensorBoard logger, or None.
+      mesh: the mesh of ``--devices`` (the programs are traced under it), or None.
     """
 
     cfg: dict[str, Any]
@@ -206,6 +216,7 @@ class SearchRun:
     done_updates: int = 0
     compile_s: float = 0.0
     tb: Any = None
+    mesh: Any = None
 
 
 def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
@@ -251,11 +262,13 @@ def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: 
     import jax
 
     from jaxdarts.runs import compile_timed
+    from jaxdarts.sharding import use_mesh
 
     compile_s = 0.0
     if n not in programs:
         log.info("compiling the search program (%d updates per call)...", n)
-        programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        with use_mesh(run.mesh):
+            programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
         log.info("compiled in %.1fs", compile_s)
         run.compile_s += compile_s
     t0 = time.perf_counter()
@@ -322,9 +335,19 @@ def _edge_ops(space, alphas) -> dict[str, list[str]]:
     return out
 
 
+def final_env_state(state, seed: int):
+    """Env 0 of seed ``seed`` at the end of a search (``[1, ...]`` leaves): the final
+    rollouts start from it, so the ``cont-*-step`` variants score on the supernet
+    weights that drifted during the run (the weight step), not the initial ones."""
+    import jax
+
+    return jax.tree.map(lambda x: x[seed, :1], state.env_state)
+
+
 def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any]]:
     """Per seed: the deterministic and stochastic policies' architectures and
-    rewards (one episode each) and the top-k seen during the search."""
+    rewards (one episode each, continuing env 0 of the seed: its drifted weights
+    with the weight step) and the top-k seen during the search."""
     import jax
     import jax.numpy as jnp
 
@@ -341,6 +364,7 @@ def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any
     for s in range(run.setup.seeds):
         params_s = jax.tree.map(lambda x, s=s: x[s], state.params)
         env_params_s = jax.tree.map(lambda x, s=s: x[s], env_params)
+        env_state_s = final_env_state(state, s)
         res = {}
         for det in (True, False):
             key = jax.random.key(run.cfg["seed"] + 1000 + s)
@@ -351,6 +375,7 @@ def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any
                 key,
                 env_cfg.episode_length,
                 jnp.asarray(det),
+                env_state_s,
             )
             alphas = np.asarray(roll.info["final_alphas"][-1, 0])
             name = "deterministic" if det else "stochastic"
@@ -489,7 +514,10 @@ def _initial_state(run: SearchRun, ckpt, resume: bool):
     log.info("initialising the agents and envs (compiling the init)...")
     init_jit, chunk_jit = make_programs(setup, cfg["run"]["top_k"])
     keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
-    state = init_jit(keys, setup.env_params)
+    from jaxdarts.sharding import use_mesh
+
+    with use_mesh(run.mesh):
+        state = init_jit(keys, setup.env_params)
     if resume:
         state = _restore(run, ckpt, state)
     return state, chunk_jit
@@ -566,7 +594,7 @@ def run(
     runs.setup_logging(run_dir.path)
     runs.enable_compilation_cache()
     total = max(1, math.ceil(cfg["run"]["total_steps"] / setup.steps_per_update))
-    srun = SearchRun(cfg, setup, run_dir, total)
+    srun = SearchRun(cfg, setup, run_dir, total, mesh=_mesh(devices))
     if tensorboard:
         srun.tb = runs.TensorBoardLogger(run_dir.path / "tb")
     log.info(
@@ -581,7 +609,7 @@ def run(
     t0 = time.time()
     ckpt = run_dir.checkpointer()
     state, chunk_jit = _initial_state(srun, ckpt, resume)
-    state, env_params = _shard(state, setup.env_params, devices, setup.env)
+    state, env_params = _shard(state, setup.env_params, devices, setup.env, srun.mesh)
     try:
         state, interrupted = train_loop(srun, chunk_jit, state, env_params, ckpt)
         if interrupted:
