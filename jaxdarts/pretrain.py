@@ -1006,17 +1006,22 @@ def save_supernet(
     path = Path(path).expanduser().absolute()
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
+    # multi-host: every process takes part in the Orbax save; process 0 does the rest
+    writer = sharding.is_writer()
     for p in (tmp, old):
-        if p.exists():
+        if writer and p.exists():
             shutil.rmtree(p)
+    sharding.barrier("supernet-clean")
     tree = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     save_pytree(tmp, tree)
-    atomic_write_json(tmp / SUPERNET_META, meta)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    if writer:
+        atomic_write_json(tmp / SUPERNET_META, meta)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
+    sharding.barrier("supernet-saved")
     return path
 
 
@@ -1393,7 +1398,7 @@ def run(
                 save(epoch, step, sums)
                 interrupted = True
                 break
-            s = jax.device_get(sums)
+            s = sharding.fetch(sums)  # multi-host: gathered
             jax.block_until_ready(state)
             t_train = time.perf_counter() - t0
             v = validate(epoch + 1)
@@ -1475,6 +1480,8 @@ def run(
             "run_dir": str(rundir.path),
         }
 
+    if not rundir.writer:  # multi-host: process 0 reads and writes the results
+        return {"epochs": epoch, "run_dir": str(rundir.path)}
     metrics = rundir.read_metrics()
     initial = next((m for m in metrics if m["epoch"] == 0), None)
     trained = [m for m in metrics if m["epoch"] > 0]

@@ -271,6 +271,7 @@ def run(
     import jax.numpy as jnp
 
     from jaxdarts import env as env_lib
+    from jaxdarts import sharding as sharding_lib
     from jaxdarts.genotypes import save_genotype_json, to_darts_string, to_json_dict
     from jaxdarts.plotting import plot_genotype
     from jaxdarts.ppo import evaluate_policy, make_train
@@ -327,7 +328,7 @@ def run(
             n = min(chunk, total_updates - done_updates)
             tc = time.time()
             state, metrics = chunk_jit(state, env_params, n)
-            metrics = jax.device_get(metrics)
+            metrics = sharding_lib.fetch(metrics)  # multi-host: gathered
             dt = time.time() - tc
             for u in range(n):
                 rec = {
@@ -414,6 +415,9 @@ def run(
             for r, a in zip(top_r, top_a, strict=True)
             if np.isfinite(r)
         ]
+        if not run_dir.writer:  # multi-host: process 0 writes the outputs
+            summary["seeds"].append({"genotype": to_darts_string(g_det)})
+            continue
         save_genotype_json(
             run_dir.path / f"genotype{suffix}.json",
             g_det,
@@ -460,10 +464,11 @@ def run(
         summary["wall_s"],
         run_dir.path / "genotype.json",
     )
-    print(
-        f"search finished: outputs in {run_dir.path} "
-        f"(genotype.json, cells.png, metrics.jsonl, top_architectures.json)"
-    )
+    if run_dir.writer:  # multi-host: one message, from process 0
+        print(
+            f"search finished: outputs in {run_dir.path} "
+            f"(genotype.json, cells.png, metrics.jsonl, top_architectures.json)"
+        )
     return summary
 
 

@@ -926,7 +926,8 @@ def run(
     )
     if not resume:
         rundir = RunDir.create(out, config, overwrite=overwrite)
-        save_genotype_json(rundir.path / "genotype.json", genotype)
+        if rundir.writer:  # multi-host: process 0 writes the run folder
+            save_genotype_json(rundir.path / "genotype.json", genotype)
     setup_logging(rundir.path)
     log.info(
         "dataset %s: %d train / %d test images of %s, %d classes (loaded in %.1fs)",
@@ -978,10 +979,12 @@ def run(
     dev = jax.devices()[0]
     if mesh is not None:  # --devices N: data replicated, each batch split
         dev = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_x = jax.device_put(ds.train_images, dev)
-    train_y = jax.device_put(ds.train_labels.astype(np.int32), dev)
+        # multi-host: every jax.Array of the step global (sharding.put)
+        state, run_key, sums = sharding.put((state, run_key, sums), dev)
+    train_x = sharding.put(ds.train_images, dev)
+    train_y = sharding.put(ds.train_labels.astype(np.int32), dev)
     test = pad_eval_set(ds.test_images, ds.test_labels, setup.eval_batch_size)
-    test_x, test_y, test_mask = (jax.device_put(a, dev) for a in test)
+    test_x, test_y, test_mask = (sharding.put(a, dev) for a in test)
 
     def save(epoch_: int, step_: int, sums_) -> None:
         tree = {
@@ -1028,7 +1031,7 @@ def run(
                 save(epoch, step, sums)
                 interrupted = True
                 break
-            s = jax.device_get(sums)
+            s = sharding.fetch(sums)  # multi-host: gathered
             jax.block_until_ready(state)
             t_train = time.perf_counter() - t0
             with sharding.use_mesh(mesh):
@@ -1083,6 +1086,8 @@ def run(
             "run_dir": str(rundir.path),
         }
 
+    if not rundir.writer:  # multi-host: process 0 reads and writes the results
+        return {"epochs": epoch, "run_dir": str(rundir.path)}
     metrics = rundir.read_metrics()
     final = metrics[-1]
     best = max(metrics, key=lambda m: m["test_acc"])
