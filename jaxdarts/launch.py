@@ -165,7 +165,9 @@ def launch(
     if processes < 1:
         raise ValueError(f"--processes must be >= 1, got {processes}")
     if devices_per_process is not None and devices_per_process < 1:
-        raise ValueError(f"--devices-per-process must be >= 1, got {devices_per_process}")
+        raise ValueError(
+            f"--devices-per-process must be >= 1, got {devices_per_process}"
+        )
     argv = command_line(command, args)
     port = free_port() if port is None else int(port)
     sink = sys.stdout if stdout is None else stdout

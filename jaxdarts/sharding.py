@@ -310,6 +310,9 @@ ENV_INIT_TIMEOUT = "JAXDARTS_INIT_TIMEOUT"
 ENV_HEARTBEAT_TIMEOUT = "JAXDARTS_HEARTBEAT_TIMEOUT"
 ENV_SHUTDOWN_TIMEOUT = "JAXDARTS_SHUTDOWN_TIMEOUT"
 ENV_BARRIER_TIMEOUT = "JAXDARTS_BARRIER_TIMEOUT"
+#: ``1``/``auto``: the CLIs join a cluster run whose settings JAX detects (SLURM,
+#: Open MPI, Cloud TPU) without ``JAXDARTS_COORDINATOR``.
+ENV_DISTRIBUTED = "JAXDARTS_DISTRIBUTED"
 
 #: Defaults (seconds): JAX's own for the first three.
 DEFAULT_TIMEOUTS = {"init": 300, "heartbeat": 100, "shutdown": 300, "barrier": 600}
@@ -381,6 +384,7 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     local_device_ids: list[int] | None = None,
+    force: bool = False,
 ) -> bool:
     """Connects the processes of a multi-host run (``jax.distributed.initialize``).
 
@@ -413,10 +417,11 @@ def initialize_distributed(
       num_processes: total number of processes.
       process_id: this process's index in ``[0, num_processes)``.
       local_device_ids: devices of this host that this process uses.
+      force: connect even without any setting (JAX detects them from the cluster).
 
     Returns:
       True when the processes were connected; False (nothing done) when there is
-      one process and no coordinator.
+      one process and no coordinator (and not ``force``).
 
     Raises:
       ValueError: a malformed environment variable (named in the message).
@@ -434,7 +439,8 @@ def initialize_distributed(
     if local_device_ids is None:
         local_device_ids = _local_device_ids()
     managed = any(k in env for k in _MANAGED_ENV)
-    if coordinator_address is None and num_processes in (None, 1) and not managed:
+    alone = coordinator_address is None and num_processes in (None, 1)
+    if alone and not managed and not force:
         return False
     if num_processes is not None and process_id is not None:
         if not 0 <= process_id < num_processes:
@@ -478,14 +484,17 @@ def initialize_distributed(
 def maybe_initialize_distributed() -> bool:
     """:func:`initialize_distributed` for the CLIs; exits with a message on failure.
 
-    Connects when ``JAXDARTS_COORDINATOR`` is set (else does nothing); a failure
-    to connect prints one clear line to stderr and exits with status 3 instead of
-    a traceback.
+    Connects when ``JAXDARTS_COORDINATOR`` is set, or when ``JAXDARTS_DISTRIBUTED``
+    is ``1``/``auto`` (JAX then reads the settings from SLURM, Open MPI or the Cloud
+    TPU environment); else does nothing. A bad setting prints one clear line to
+    stderr and exits with status 3 instead of a traceback.
     """
-    if not os.environ.get(ENV_COORDINATOR):
+    flag = os.environ.get(ENV_DISTRIBUTED, "").strip().lower()
+    auto = flag in ("1", "auto", "true", "yes")
+    if not os.environ.get(ENV_COORDINATOR) and not auto:
         return False
     try:
-        return initialize_distributed()
+        return initialize_distributed(force=auto)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(3) from None

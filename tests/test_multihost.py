@@ -288,7 +288,7 @@ def test_missing_process_stops_within_init_timeout(tmp_path: Path) -> None:
     assert r.returncode != 0, r.stderr[-3000:]  # JAX aborts: SIGABRT
     assert "error: process 0 of 2 could not join the run" in r.stderr
     assert "JAXDARTS_INIT_TIMEOUT" in r.stderr
-    assert elapsed < 60
+    assert elapsed < 120  # 5 s time-out + start-up (imports) on a loaded machine
     assert not (tmp_path / "run").exists()
 
 
