@@ -28,8 +28,15 @@ Two uses:
 On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before
 ``jax`` is imported) makes 4 devices to try this on.
 
-Several hosts: call :func:`initialize_distributed` first in every process (see
-there), then build the mesh over all devices with ``make_mesh(jax.device_count())``.
+Several processes (hosts): call :func:`initialize_distributed` first in every
+process (the CLIs do when ``JAXDARTS_COORDINATOR`` or ``JAXDARTS_DISTRIBUTED`` is
+set; ``python -m jaxdarts.launch`` starts N local processes), then build the mesh
+over all devices with ``make_mesh(jax.device_count())``. Every process runs the
+same program and builds the same host values (same seed); :func:`replicate`,
+:func:`shard_axis` and :func:`put` then place only each process's own slices
+(:func:`global_array`), :func:`fetch` brings results back (gathering split arrays
+over processes), :func:`barrier` waits for every process with a time-out, and
+:func:`is_writer` (process 0) says which process writes files.
 """
 
 from __future__ import annotations
