@@ -231,7 +231,9 @@ def benchmark_processes(
         "--num-envs",
         "8",
         "--total-steps",
-        "4096",
+        "768",
+        "--set",
+        "run.updates_per_chunk=1",
         "--set",
         "env.reward_path=dense",
     ),
@@ -242,8 +244,9 @@ def benchmark_processes(
 
     Runs ``search search_args --devices P*K`` once per ``(P, K)`` layout (on CPU:
     forced host devices; the environment's ``JAX_PLATFORMS`` applies) and reads
-    the timesteps/s of the last update from ``metrics.jsonl`` (the first update
-    includes compilation).
+    the timesteps/s of the last update from ``metrics.jsonl`` (one update per
+    jitted call, so the first includes compilation and the last does not; the
+    default: 3 updates of 8 envs x 32 steps, ``quick`` preset, dense rewards).
 
     Returns:
       One row per layout: ``{"processes", "devices_per_process", "devices",
