@@ -343,3 +343,56 @@ def test_bad_distributed_env_is_refused(monkeypatch) -> None:
     with pytest.raises(ValueError, match="JAXDARTS_INIT_TIMEOUT='soon'"):
         S.initialize_distributed()
     assert S.process_count() == 1 and S.is_writer()
+
+
+_DIES = textwrap.dedent(
+    """
+    import os, time
+    import jax, numpy as np
+    from jaxdarts import sharding as S
+    S.initialize_distributed()
+    x = S.shard_leading(np.arange(8.0), S.make_mesh(4))
+    print("sum", float(S.fetch(jax.jit(lambda a: a.sum())(x))), flush=True)
+    if S.process_index() == 1:
+        os._exit(1)  # dies without a word to the others
+    for _ in range(600):
+        S.fetch(jax.jit(lambda a: a * 2)(x))
+        time.sleep(0.5)
+    print("still running", flush=True)
+    """
+)
+
+
+def test_dead_process_stops_the_others(tmp_path: Path) -> None:
+    """Process 1 dies after the first step: process 0 stops within the heartbeat."""
+    from jaxdarts.launch import free_port
+
+    script = tmp_path / "dies.py"
+    script.write_text(_DIES)
+    port = free_port()
+    procs = []
+    for i in range(2):
+        env = _env(
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            JAXDARTS_COORDINATOR=f"127.0.0.1:{port}",
+            JAXDARTS_NUM_PROCESSES="2",
+            JAXDARTS_PROCESS_ID=str(i),
+            JAXDARTS_HEARTBEAT_TIMEOUT="5",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    out1, _ = procs[1].communicate(timeout=240)
+    assert procs[1].returncode == 1 and "sum 28.0" in out1
+    t_dead = time.time()
+    out0, err0 = procs[0].communicate(timeout=240)
+    assert procs[0].returncode != 0, out0
+    assert "still running" not in out0
+    assert "heartbeat" in err0 and "Task 1" in err0, err0[-3000:]
+    assert time.time() - t_dead < 120  # 5 s heartbeat + detection, loaded machine
