@@ -156,12 +156,6 @@ def _shard(state, env_params, devices: int | None, env_cfg):
     state = sharding.shard_train_state(state, mesh, env_axis=1)  # [seeds, envs, ...]
     env_params = sharding.replicate(env_params, mesh)
     log.info("env batch split over %d device(s): %s", devices, mesh.devices.tolist())
-    if devices > 1 and env_cfg.kind == "discrete" and env_cfg.reward.path == "discrete":
-        log.warning(
-            "reward_path=discrete scores the envs one by one (lax.map), which every "
-            "device then runs for all envs: use --set env.reward_path=dense to split "
-            "the rewards over the devices"
-        )
     return state, env_params
 
 
@@ -207,19 +201,20 @@ def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
 def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: int):
     """One chunk of ``n`` updates: compiled ahead of time on first use (timed
     apart, with a "compiling" line), then run and timed."""
-    import jax
-
+    from jaxdarts import sharding
     from jaxdarts.runs import compile_timed
 
     compile_s = 0.0
     if n not in programs:
         log.info("compiling the search program (%d updates per call)...", n)
-        programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        # the mesh while tracing: the discrete reward splits its envs (env.map_envs)
+        with _mesh_of(state):
+            programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
         log.info("compiled in %.1fs", compile_s)
         run.compile_s += compile_s
     t0 = time.perf_counter()
     state, metrics = programs[n](state, env_params)
-    metrics = jax.device_get(metrics)
+    metrics = sharding.fetch(metrics)  # multi-host: gathered
     run_s = time.perf_counter() - t0
     for rec in _records(run, metrics, n, run_s, compile_s):
         run.run_dir.append_metrics(rec)
@@ -520,7 +515,7 @@ def run(
     try:
         state, interrupted = train_loop(srun, chunk_jit, state, env_params, ckpt)
         if interrupted:
-            plot_done = _plot_partial(srun)
+            plot_done = _plot_partial(srun) if run_dir.writer else ""
             log.info(
                 "interrupted: checkpoint saved at update %d%s; continue with "
                 "--resume %s",
@@ -531,6 +526,8 @@ def run(
             return {"interrupted": True, "update": srun.done_updates}
         log.info("compiling and playing the final policy rollouts...")
         results = final_architectures(srun, state, env_params)
+        if not run_dir.writer:  # multi-host: process 0 writes the outputs
+            return _non_writer_summary(srun, results)
         summary = write_outputs(srun, results, time.time() - t0)
     finally:
         ckpt.close()
@@ -549,3 +546,26 @@ def _plot_partial(run: SearchRun) -> str:
 
     plot_search_curves(run.run_dir.read_metrics(), run.run_dir.path / "curves.png")
     return " (curves.png so far)"
+
+
+def _mesh_of(state):
+    """``with`` the mesh that ``state``'s env leaves are split over (else a no-op)."""
+    import contextlib
+
+    import jax
+
+    from jaxdarts import sharding
+
+    leaf = jax.tree.leaves(state.last_done)[0]
+    mesh = getattr(leaf.sharding, "mesh", None)
+    if not isinstance(mesh, jax.sharding.Mesh):
+        return contextlib.nullcontext()
+    return sharding.use_mesh(mesh)
+
+
+def _non_writer_summary(run: SearchRun, results: list[dict[str, Any]]):
+    """What a process other than the writer returns (it writes no outputs)."""
+    from jaxdarts.genotypes import to_darts_string
+
+    seeds = [{"genotype": to_darts_string(r["deterministic"][0])} for r in results]
+    return {"seeds": seeds, "updates": run.done_updates, "outputs": None}
