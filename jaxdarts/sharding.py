@@ -14,13 +14,12 @@ Two uses:
   ``[seeds, num_envs, ...]`` under a seed axis) is split over the devices; the agent
   parameters, optimiser state, keys and counters are replicated, and so are the env
   params (supernet weights, validation images). Each device steps its envs and
-  scores their architectures. Only the **dense** reward path
-  (``env.reward_path=dense``, a ``vmap`` over envs) is split: the discrete path
-  scores the envs one after another with ``lax.map`` (a loop, which keeps the
-  per-edge ``lax.switch`` a real branch), and GSPMD does not split a loop's
-  iterations over devices, so every device then scores every env (right, but no
-  faster than one device). The PPO minibatch epochs gather random transitions and run
-  replicated (they are small next to the rewards).
+  scores their architectures: the dense reward path (a ``vmap`` over envs) is
+  split by GSPMD, the discrete path (a ``lax.map`` loop over envs, which keeps the
+  per-edge ``lax.switch`` a real branch) by a ``shard_map`` around the loop
+  (:func:`jaxdarts.env.map_envs`, when the mesh is set while tracing). The PPO
+  minibatch epochs gather random transitions and run replicated (they are small
+  next to the rewards).
 * **Pre-training / evaluation network** (:func:`shard_batch`, :func:`replicate`,
   :func:`constrain_batch`): data parallel: the image batch is split over the devices,
   parameters and optimiser state are replicated.

@@ -29,16 +29,17 @@ RTOL, ATOL = 1e-5, 1e-7
 TIMING = {"steps_per_s", "time", "images_per_s", "wall_s", "compile_s"}
 TIMEOUT = 600
 
-# The smallest runs: 1 cell, C=4 (C=2 for the search's supernet), a 200-image
-# subset of the 8x8 digits, one PPO update / one epoch. The discrete reward path
-# (the default) runs split over the devices (env.map_envs).
+# The smallest runs: 1 cell, C=4 (C=2 for the search's supernet), search space s2
+# (2 ops per edge: small programs, quick compiles), a 200-image subset of the 8x8
+# digits, one PPO update / one epoch. The discrete reward path (the default) runs
+# split over the devices (env.map_envs).
 SEARCH = [
     "search",
     "--variant",
     "disc-nwot",
     "--preset",
     "quick",
-    *("--set", "supernet.layers=1", "--set", "supernet.channels=2"),
+    *("--space", "s2", "--set", "supernet.layers=1", "--set", "supernet.channels=2"),
     *("--set", "env.num_envs=4", "--set", "env.batch_size=8"),
     *("--set", "ppo.transitions_per_update=112", "--set", "ppo.n_epochs=1"),
     *("--set", "ppo.batch_size=56", "--set", "run.total_steps=112"),
@@ -46,10 +47,22 @@ SEARCH = [
 ]
 
 
+# Cheap ops (1 cell: the reduction cell; a sep_conv and pools for parameters and
+# BatchNorm statistics), for a quick compile.
+GENOTYPE = (
+    "Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 0), "
+    "('skip_connect', 1), ('skip_connect', 0), ('skip_connect', 1), "
+    "('skip_connect', 0), ('skip_connect', 1)], normal_concat=range(2, 6), "
+    "reduce=[('sep_conv_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+    "('avg_pool_3x3', 0), ('skip_connect', 3), ('skip_connect', 2), "
+    "('skip_connect', 4), ('skip_connect', 3)], reduce_concat=range(2, 6))"
+)
+
+
 def _train(npz: Path) -> list[str]:
     return [
         "train",
-        *("--genotype", "disc-acc", "--preset", "quick", "--dataset", f"npz:{npz}"),
+        *("--genotype", GENOTYPE, "--preset", "quick", "--dataset", f"npz:{npz}"),
         *("--channels", "4", "--layers", "1", "--epochs", "1", "--batch-size", "16"),
         *("--set", "train.eval_batch_size=40", "--set", "train.steps_per_call=10"),
         *("--devices", "4"),
@@ -59,7 +72,7 @@ def _train(npz: Path) -> list[str]:
 def _pretrain(npz: Path) -> list[str]:
     return [
         "pretrain",
-        *("--preset", "quick", "--dataset", f"npz:{npz}"),
+        *("--preset", "quick", "--dataset", f"npz:{npz}", "--space", "s2"),
         *("--channels", "4", "--layers", "1", "--epochs", "2", "--batch-size", "8"),
         *("--set", "train.eval_batch_size=40", "--set", "train.steps_per_call=10"),
         *("--devices", "4"),
@@ -201,7 +214,7 @@ def test_pretrain_matches_and_resumes_across_layouts(tmp_path: Path, npz) -> Non
     assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb] == [0, 1]
     for x, y in zip(ra, rb, strict=True):
         _assert_close(x, y)
-    _assert_one_writer(tmp_path / "b1", b, "supernet darts")
+    _assert_one_writer(tmp_path / "b1", b, "supernet s2")
     assert (b / "supernet" / "supernet.json").is_file()
     resume = ["pretrain", "--devices", "4", "--resume"]
     _run_both(
