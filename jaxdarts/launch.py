@@ -312,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -327,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not ns.command:
         parser.error("give the command after --, e.g. -- search --preset quick")
+    # SIGTERM (a job scheduler, a test's time-out) stops the processes too
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return launch(
             ns.command,

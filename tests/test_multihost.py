@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -117,19 +118,26 @@ def _start(
         cmd += ["--devices-per-process", str(k), "--", *argv]
         env = _env(**base)
     out = open(log, "w")
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _run_both(runs: list[tuple[tuple[int, int], list[str], Path]], cache: Path):
     """Runs the commands side by side; fails with the log of any that failed."""
     started = [(_start(layout, argv, log, cache), log) for layout, argv, log in runs]
-    for p, log in started:
-        try:
-            code = p.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            code = "timeout"
-        assert code == 0, f"{log.name}: exit {code}\n{log.read_text()[-4000:]}"
+    try:
+        for p, log in started:
+            try:
+                code = p.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+            assert code == 0, f"{log.name}: exit {code}\n{log.read_text()[-4000:]}"
+    finally:
+        for p, _ in started:  # the launcher and its processes, if still running
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
 def _records(run: Path) -> list[dict]:
@@ -313,6 +321,29 @@ def test_launch_stops_everyone_when_one_fails(tmp_path: Path) -> None:
     assert "[1] bye" in r.stdout
     assert "process 1 exited with status 7" in r.stdout
     assert time.time() - t0 < 60
+
+
+def test_launch_sigterm_stops_the_processes(tmp_path: Path) -> None:
+    """SIGTERM to the launcher (a scheduler, a time-out) stops its processes."""
+    script = tmp_path / "sleep.py"
+    script.write_text(
+        "import os, time\nprint('pid', os.getpid(), flush=True)\ntime.sleep(300)\n"
+    )
+    cmd = [sys.executable, "-m", "jaxdarts.launch", "--processes", "2", "--"]
+    p = subprocess.Popen(
+        [*cmd, str(script)], env=_env(), stdout=subprocess.PIPE, text=True
+    )
+    pids = []
+    while len(pids) < 2:
+        line = p.stdout.readline()
+        assert line, "the launcher ended early"
+        if " pid " in line:
+            pids.append(int(line.split()[-1]))
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 130
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_launch_env_and_errors() -> None:
