@@ -210,6 +210,9 @@ def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: 
         # the mesh while tracing: the discrete reward splits its envs (env.map_envs)
         with _mesh_of(state):
             programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        # multi-host: line the processes up before the first collective (gloo gives
+        # up after 30 s, and one process may have compiled from the cache)
+        sharding.barrier("compiled")
         log.info("compiled in %.1fs", compile_s)
         run.compile_s += compile_s
     t0 = time.perf_counter()

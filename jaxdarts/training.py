@@ -705,6 +705,9 @@ class _Compiled:
             ).compile()
         self.seconds = time.perf_counter() - t0
         log.info("compiled in %.1fs", self.seconds)
+        # multi-host: line the processes up before the first collective (gloo gives
+        # up after 30 s, and one process may have compiled from the cache)
+        sharding.barrier("compiled")
 
 
 def _hyper_arrays(hyper: Mapping[str, float], mesh: Any) -> dict[str, jax.Array]:

@@ -109,7 +109,8 @@ def _start(
     """Starts ``argv`` as ``layout`` = (processes, devices per process)."""
     procs, k = layout
     # a per-test compilation cache: a resume (same programs) compiles nothing
-    base = {"JAXDARTS_CACHE_DIR": str(cache)}
+    # a process that fails waits at most 60 s for the others at exit
+    base = {"JAXDARTS_CACHE_DIR": str(cache), "JAXDARTS_SHUTDOWN_TIMEOUT": "60"}
     if procs == 1:
         cmd = [sys.executable, "-m", f"jaxdarts.{argv[0]}", *argv[1:]]
         env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={k}", **base)
