@@ -506,6 +506,9 @@ def maybe_initialize_distributed() -> bool:
         raise SystemExit(3) from None
 
 
+_BARRIER_CALLS: dict[str, int] = {}
+
+
 def barrier(name: str, timeout_s: int | None = None) -> None:
     """Waits until every process reached ``barrier(name)`` (no-op on one process).
 
@@ -528,8 +531,12 @@ def barrier(name: str, timeout_s: int | None = None) -> None:
 
         multihost_utils.sync_global_devices(name)
         return
+    # a fresh id per call (every process calls the same barriers in the same order)
+    _BARRIER_CALLS[name] = count = _BARRIER_CALLS.get(name, 0) + 1
     try:
-        client.wait_at_barrier(f"jaxdarts:{name}", timeout_in_ms=timeout_s * 1000)
+        client.wait_at_barrier(
+            f"jaxdarts:{name}:{count}", timeout_in_ms=timeout_s * 1000
+        )
     except Exception as e:
         raise RuntimeError(
             f"process {process_index()}: not all {process_count()} processes "

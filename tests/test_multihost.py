@@ -268,6 +268,7 @@ _GLOBAL_ARRAYS = textwrap.dedent(
     g = S.local_batch_to_global(own, mesh)
     np.testing.assert_array_equal(S.fetch(g), x)
     S.barrier("done", timeout_s=60)
+    S.barrier("done", timeout_s=60)  # a name used again is a new barrier
     print("ok", S.process_index(), S.is_writer(), flush=True)
     """
 )
