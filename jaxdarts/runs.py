@@ -677,10 +677,16 @@ def enable_compilation_cache(
             (JAX's default of 1 s would skip most CPU programs).
 
     Returns:
-        The cache folder (created).
+        The cache folder (created), or ``""`` on a run of several processes: there
+        the cache stays off, since a program one process reads from the cache can
+        disagree with the one another process compiles (a collective mismatch).
     """
     import jax
 
+    from jaxdarts.sharding import process_count
+
+    if process_count() > 1:
+        return ""
     if path is None:
         path = os.environ.get("JAXDARTS_CACHE_DIR")
     if not path:

@@ -108,7 +108,8 @@ def _start(
 ) -> subprocess.Popen:
     """Starts ``argv`` as ``layout`` = (processes, devices per process)."""
     procs, k = layout
-    # a per-test compilation cache: a resume (same programs) compiles nothing
+    # a per-test compilation cache (used by 1-process runs only): the resume on
+    # 1 process compiles nothing
     # a process that fails waits at most 60 s for the others at exit
     base = {"JAXDARTS_CACHE_DIR": str(cache), "JAXDARTS_SHUTDOWN_TIMEOUT": "60"}
     if procs == 1:
