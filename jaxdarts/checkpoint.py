@@ -149,6 +149,7 @@ def _encode(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Splits ``state`` into the storage tree and the JSON leaf table."""
     flat, _ = _flatten(state)
     items, table = [], []
+    multi = jax.process_count() > 1
     for pstr, parts, leaf in flat:
         try:
             kind = _leaf_kind(leaf)
@@ -172,6 +173,10 @@ def _encode(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if kind != "key":
             entry["shape"] = list(np.shape(value))
             entry["dtype"] = str(value.dtype)
+        if multi and isinstance(value, jax.Array) and value.is_fully_addressable:
+            # Several processes: Orbax cannot save an array of one process's
+            # devices; every process holds the same value, process 0 saves it.
+            value = np.asarray(value)
         items.append((parts, value))
         table.append(entry)
     return _nest(items), {"format": _FORMAT, "leaves": table}
@@ -185,6 +190,15 @@ def _default_sharding() -> jax.sharding.Sharding:
     if device is None or isinstance(device, str):
         device = jax.local_devices()[0]
     return jax.sharding.SingleDeviceSharding(device)
+
+
+def _place(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``device_put``, or a global array when ``sharding`` spans several processes."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    from jaxdarts.sharding import global_array
+
+    return global_array(x, sharding)
 
 
 def _target_sharding(leaf: Any) -> jax.sharding.Sharding | None:
@@ -321,7 +335,7 @@ def _decode(plans: list[_Plan], restored: dict[str, Any], treedef: Any) -> Any:
         if p.kind == "key":
             key = jax.random.wrap_key_data(value, dtype=p.target.dtype)
             sharding = _target_sharding(p.target)
-            out.append(key if sharding is None else jax.device_put(key, sharding))
+            out.append(key if sharding is None else _place(key, sharding))
         elif p.kind in _PY_TYPES:
             host = np.asarray(value)
             py = _PY_TYPES[p.kind](host.item())
@@ -340,10 +354,10 @@ def _decode(plans: list[_Plan], restored: dict[str, Any], treedef: Any) -> Any:
             elif e["kind"] == "float" and jax.dtypes.issubdtype(dtype, np.floating):
                 # A Python float becomes the target's float dtype, as jnp.asarray
                 # would make it (eval_shape turns Python floats into float32).
-                out.append(jax.device_put(np.asarray(value).astype(dtype), sharding))
+                out.append(_place(np.asarray(value).astype(dtype), sharding))
             else:
                 host = _convert_exact(np.asarray(value), dtype, name)
-                out.append(jax.device_put(host, sharding))
+                out.append(_place(host, sharding))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -664,17 +678,24 @@ def save_supernet(
     path = Path(path).expanduser().absolute()
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
+    from jaxdarts import sharding
+
+    # multi-host: every process takes part in the Orbax save; process 0 does the rest
+    writer = sharding.is_writer()
     for p in (tmp, old):
-        if p.exists():
+        if writer and p.exists():
             shutil.rmtree(p)
+    sharding.barrier("supernet-clean")
     tree = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     save_pytree(tmp, tree)
-    atomic_write_json(tmp / SUPERNET_META, meta)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    if writer:
+        atomic_write_json(tmp / SUPERNET_META, meta)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
+    sharding.barrier("supernet-saved")
     return path
 
 

@@ -259,21 +259,24 @@ def _warn_invalid(rec: dict[str, Any]) -> None:
 def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: int):
     """One chunk of ``n`` updates: compiled ahead of time on first use (timed
     apart, with a "compiling" line), then run and timed."""
-    import jax
-
+    from jaxdarts import sharding
     from jaxdarts.runs import compile_timed
     from jaxdarts.sharding import use_mesh
 
     compile_s = 0.0
     if n not in programs:
         log.info("compiling the search program (%d updates per call)...", n)
+        # the mesh while tracing: the discrete reward splits its envs (env.map_envs)
         with use_mesh(run.mesh):
             programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        # multi-host: line the processes up before the first collective (gloo gives
+        # up after 30 s, and one process may have compiled from the cache)
+        sharding.barrier("compiled")
         log.info("compiled in %.1fs", compile_s)
         run.compile_s += compile_s
     t0 = time.perf_counter()
     state, metrics = programs[n](state, env_params)
-    metrics = jax.device_get(metrics)
+    metrics = sharding.fetch(metrics)  # multi-host: gathered
     run_s = time.perf_counter() - t0
     for rec in _records(run, metrics, n, run_s, compile_s):
         _warn_invalid(rec)
@@ -613,7 +616,7 @@ def run(
     try:
         state, interrupted = train_loop(srun, chunk_jit, state, env_params, ckpt)
         if interrupted:
-            plot_done = _plot_partial(srun)
+            plot_done = _plot_partial(srun) if run_dir.writer else ""
             log.info(
                 "interrupted: checkpoint saved at update %d%s; continue with "
                 "--resume %s",
@@ -624,6 +627,8 @@ def run(
             return {"interrupted": True, "update": srun.done_updates}
         log.info("compiling and playing the final policy rollouts...")
         results = final_architectures(srun, state, env_params)
+        if not run_dir.writer:  # multi-host: process 0 writes the outputs
+            return _non_writer_summary(srun, results)
         summary = write_outputs(srun, results, time.time() - t0)
     finally:
         ckpt.close()
@@ -642,3 +647,12 @@ def _plot_partial(run: SearchRun) -> str:
 
     plot_search_curves(run.run_dir.read_metrics(), run.run_dir.path / "curves.png")
     return " (curves.png so far)"
+
+
+
+def _non_writer_summary(run: SearchRun, results: list[dict[str, Any]]):
+    """What a process other than the writer returns (it writes no outputs)."""
+    from jaxdarts.genotypes import to_darts_string
+
+    seeds = [{"genotype": to_darts_string(r["deterministic"][0])} for r in results]
+    return {"seeds": seeds, "updates": run.done_updates, "outputs": None}

@@ -511,7 +511,7 @@ def evaluate(
       ``{"loss", "accuracy", "top5"}``: mean cross-entropy and fractions correct.
     """
     return _means(
-        jax.device_get(_evaluate(state, images, labels, mask, key, task, setup))
+        sharding.fetch(_evaluate(state, images, labels, mask, key, task, setup))
     )
 
 
@@ -706,6 +706,9 @@ class _Compiled:
             ).compile()
         self.seconds = time.perf_counter() - t0
         log.info("compiled in %.1fs", self.seconds)
+        # multi-host: line the processes up before the first collective (gloo gives
+        # up after 30 s, and one process may have compiled from the cache)
+        sharding.barrier("compiled")
 
 
 def _hyper_arrays(hyper: Mapping[str, float], mesh: Any) -> dict[str, jax.Array]:
@@ -756,7 +759,7 @@ def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
 def _validate(job: Job, comp: _Compiled, state: TrainState, epoch: int):
     key = epoch_keys(job.run_key, epoch)[3]
     sums = comp.eval(state, *job.eval_data, key)
-    return _means(jax.device_get(sums))
+    return _means(sharding.fetch(sums))  # multi-host: gathered
 
 
 def _run_epoch(job, comp, pos, bar, stop) -> tuple[float, int]:
@@ -779,7 +782,7 @@ def _run_epoch(job, comp, pos, bar, stop) -> tuple[float, int]:
 
 
 def _epoch_record(job, pos, v, seconds, steps, compile_s) -> dict[str, Any]:
-    s = jax.device_get(pos["sums"])
+    s = sharding.fetch(pos["sums"])  # multi-host: gathered
     n = max(int(s["count"]), 1)
     e, ev = pos["epoch"], job.eval_name
     record = {"epoch": e + 1, "step": (e + 1) * job.setup.steps_per_epoch}
@@ -1005,6 +1008,8 @@ def run_task(
     outcome = fit(job, state, resume=resume, stop_after=stop_after, interrupt=interrupt)
     if not outcome.finished:
         return stopped_result(job, outcome)
+    if not rundir.writer:  # multi-host: process 0 reads and writes the results
+        return {"epochs": outcome.epoch, "run_dir": str(rundir.path)}
     return finish(job, outcome)
 
 
