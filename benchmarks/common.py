@@ -285,44 +285,50 @@ def tiny_env(num_envs: int, path: str = "discrete", batch: int = 16, layers: int
     return cfg, params, env_lib.LockstepEnv(cfg, num_envs)
 
 
+def synthetic_dataset(n: int = 5000, shape=(32, 32, 3), num_classes: int = 10):
+    """A CIFAR-shaped :class:`~jaxdarts.data.ImageDataset` of random pixels."""
+    from jaxdarts.data import ImageDataset
+
+    images, labels = synthetic_images(n, shape)
+    test_x, test_y = synthetic_images(max(n // 10, 1), shape, seed=1)
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if shape[2] == 3 else ((0.5,), (0.25,))
+    return ImageDataset(
+        "synthetic", images, labels, test_x, test_y, num_classes, mean, std
+    )
+
+
+def search_config(variant: str, preset: str, num_envs: int, **sets):
+    """The validated search config of a variant and preset plus dotted overrides."""
+    from jaxdarts import config as config_lib
+
+    over = {"env.num_envs": num_envs, "ppo.transitions_per_update": 2048}
+    over.update(sets)
+    return config_lib.load("search", preset=preset, variant=variant, overrides=over)
+
+
 def search_setup(variant: str, preset: str, num_envs: int, synthetic: bool, **sets):
-    """A search variant's env and PPO config with params, from the public pieces.
+    """A search variant's env and PPO config with params, from :mod:`jaxdarts.build`.
 
     Args:
       variant: e.g. ``"disc-nwot"``.
       preset: ``"quick"`` or ``"paper"``.
-      num_envs: lockstep envs (rollout stays 2048 transitions per update).
+      num_envs: lockstep envs (rollout stays 2048 transitions per update unless
+        ``**sets`` says otherwise).
       synthetic: random CIFAR-shaped images instead of the preset's dataset.
       **sets: extra dotted config overrides (``{"supernet.channels": 8}``).
 
     Returns:
-      ``(env_cfg, ppo_cfg, env_params, LockstepEnv)``.
+      ``(env_cfg, ppo_cfg, env_params, LockstepEnv)`` of the first seed.
     """
-    from jaxdarts import data as data_lib
+    from jaxdarts import build
     from jaxdarts import env as env_lib
-    from jaxdarts import search
 
-    cfg = search.make_config(variant, preset)
-    search.set_override(cfg, "env.num_envs", num_envs)
-    search.set_override(cfg, "ppo.transitions_per_update", 2048)
-    for k, v in sets.items():
-        search.set_override(cfg, k, v)
-    env_cfg, ppo_cfg, num_envs = search.resolve(cfg)
-    if synthetic:
-        images, labels = synthetic_images(5000, (32, 32, 3))
-        mean, std = CIFAR_MEAN, CIFAR_STD
-        train = synthetic_images(5000, (32, 32, 3), seed=1)
-    else:
-        ds = data_lib.load_dataset(cfg["data"]["dataset"])
-        tr, va = data_lib.split_indices(len(ds.train_images), 0)
-        images, labels, mean, std = (
-            ds.train_images[va],
-            ds.train_labels[va],
-            ds.mean,
-            ds.std,
-        )
-        train = (ds.train_images[tr], ds.train_labels[tr])
-    env_cfg, params = env_params_for(
-        env_cfg, images, labels, mean, std, train if env_cfg.weight_step else None
+    cfg = search_config(variant, preset, num_envs, **sets)
+    setup = build.search_setup(cfg, synthetic_dataset() if synthetic else None)
+    params = jax.tree.map(lambda a: a[0], setup.env_params)
+    return (
+        setup.env,
+        setup.ppo,
+        params,
+        env_lib.LockstepEnv(setup.env, setup.num_envs),
     )
-    return env_cfg, ppo_cfg, params, env_lib.LockstepEnv(env_cfg, num_envs)

@@ -9,22 +9,23 @@ import subprocess
 import sys
 import tempfile
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from benchmarks import common as C
-from jaxdarts import pretrain as PT
-from jaxdarts import sharding as S
-from jaxdarts.ppo.train import PPOConfig, make_train
+from benchmarks.training import pretrain_config, training_setup
 
 
 def run(rec: C.Recorder, quick: bool) -> None:
     """Sharded search chunk and data-parallel step: 1 device vs all devices."""
+    import jax
 
     if jax.device_count() == 1 and jax.default_backend() == "cpu":
         _devices_subprocess(rec, quick)
         return
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxdarts import sharding as S
+    from jaxdarts import training as TR
+    from jaxdarts.ppo.train import PPOConfig, make_train
 
     ndev = jax.device_count()
     counts = sorted({1, ndev})
@@ -60,15 +61,14 @@ def run(rec: C.Recorder, quick: bool) -> None:
             rec.add("devices", f"search chunk {path} {n} dev compile", tc, "s", **conf)
 
     shape = (8, 8, 1)
-    pcfg = PT.make_config("quick", channels=4, layers=2, batch_size=32)
-    setup = PT.make_setup(pcfg, shape, 10, 1000, 1000, (0.5,), (0.25,))
-    state0 = PT.create_train_state(jax.random.key(0), setup, shape)
+    pcfg = pretrain_config("quick", channels=4, layers=2, batch_size=32)
+    task, setup, state0 = training_setup(pcfg, shape, 1000, (0.5,), (0.25,))
     rng = np.random.default_rng(0)
     x0 = rng.integers(0, 256, (32, *shape), dtype=np.uint8)
     y0 = rng.integers(0, 10, 32).astype(np.int32)
 
     def pstep(s, x, y, k):
-        return PT.train_step(s, x, y, k, jnp.float32(0.025), setup)
+        return TR.train_step(s, x, y, k, {"lr": jnp.float32(0.025)}, task, setup)
 
     key = jax.random.key(1)
     for n in counts:

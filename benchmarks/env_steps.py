@@ -25,7 +25,7 @@ def run(rec: C.Recorder, quick: bool) -> None:
                     state, acc = carry
                     k = jax.random.fold_in(key, i)
                     a = jax.random.randint(k, (n,), 0, k_ops)
-                    _, state, r, _, _ = venv.step(k, state, a, params)
+                    _, state, r, _, _, _ = venv.step(k, state, a, params)
                     return state, acc + r.sum()
 
                 return lax.fori_loop(0, nsteps, body, (state, jnp.float32(0)))[1]

@@ -77,6 +77,7 @@ METRICS = {  # key: (label, unit, higher is better)
         True,
     ),
     "ppo_timesteps_per_s": ("PPO disc-nwot timesteps/s (one update)", "1/s", True),
+    "weight_step_s": ("cont dense weight step (SGD, train-mode BN)", "s", False),
 }
 
 
@@ -184,6 +185,13 @@ def reference_side(path: str, sizes: dict[str, Any], threads: int) -> dict[str, 
             cenv.reset()
     out["cont_env_steps_per_s"] = sizes["cont_steps"] / (time.perf_counter() - t)
     _progress("dartsrl", f"cont env {out['cont_env_steps_per_s']:.3g} steps/s")
+    times = []
+    for _ in range(sizes["reward_reps"] + 1):  # the env's own SGD step, train BN
+        t = time.perf_counter()
+        cenv.unwrapped._model_step(train=True)
+        times.append(time.perf_counter() - t)
+    out["weight_step_s"] = statistics.median(times[1:])
+    _progress("dartsrl", f"weight step {out['weight_step_s']:.3g} s")
 
     n = sizes["n_steps"]
     agent = PPO("MlpPolicy", env, n_steps=n, seed=0, device="cpu", verbose=0)
@@ -311,6 +319,12 @@ def jaxdarts_side(sizes: dict[str, Any]) -> dict[str, float]:
     )
 
     _progress("jaxdarts", f"cont env {out['cont_env_steps_per_s']:.3g} steps/s")
+    from benchmarks.rewards import weight_step_seconds
+
+    cont = {**sizes["cont"], "image": (32, 32, 3)}
+    out["weight_step_s"], out["weight_step_compile_s"] = weight_step_seconds(
+        cont, min_time=0.0
+    )
     n = sizes["n_steps"]
     init_fn, chunk_fn = make_train(PPOConfig(n_steps=n), venv)
     state = jax.jit(init_fn)(jax.random.key(0), params)
@@ -390,7 +404,7 @@ def run(
         rec.add("reference", f"{label} jaxdarts", jd[key], unit, **conf)
         ratio = jd[key] / ref[key] if higher else ref[key] / jd[key]
         rec.add("reference", f"{label} speed-up", ratio, "x", **conf)
-    for key in ("nwot_reward", "disc_env", "cont_env", "ppo"):
+    for key in ("nwot_reward", "disc_env", "cont_env", "weight_step", "ppo"):
         rec.add("reference", f"jaxdarts {key} compile", jd[f"{key}_compile_s"], "s")
 
 

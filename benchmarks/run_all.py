@@ -28,16 +28,28 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
 # section name -> module of this package with ``run(rec, quick)``
 SECTIONS = {
     "rewards": "rewards",
+    "reward_forms": "reward_forms",
     "nwot_roofline": "roofline",
     "env": "env_steps",
     "ppo": "ppo",
     "train": "training",
     "devices": "devices",
+    "search": "endtoend",
+    "multihost": "multihost",
     "reference": "reference",
     "gpu": "gpu",
     "agents": "agents",
 }
-DEFAULT = ("rewards", "nwot_roofline", "env", "ppo", "train", "devices")
+DEFAULT = (
+    "rewards",
+    "nwot_roofline",
+    "env",
+    "ppo",
+    "train",
+    "devices",
+    "search",
+    "multihost",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="python of an environment with torch and stable-baselines3 "
         "(section 'reference'; default: this python)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of each side of section 'reference' (default: all usable; "
+        "1 on a shared machine)",
+    )
     p.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -105,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(f"benchmarks.{SECTIONS[name]}")
         t0 = time.perf_counter()
         if name == "reference":
-            module.run(rec, args.quick, args.reference, args.reference_python)
+            module.run(
+                rec, args.quick, args.reference, args.reference_python, args.threads
+            )
         else:
             module.run(rec, args.quick)
         rec.add(name, "section wall time", time.perf_counter() - t0, "s")

@@ -17,6 +17,9 @@ from jaxdarts.configs.common import (
 
 from jaxdarts.config import ConfigError, Key
 
+#: BatchNorm modes of the reward forward.
+BN_MODES = ("eval", "batch")
+
 #: Default reward batch of each NWOT flavour (the reference: 64; Mellor et al.: 128).
 FLAVOUR_BATCH = {"reference": 64, "original": 128}
 
@@ -40,6 +43,7 @@ def get_config() -> dict:
             "path": "discrete",
             "batch_size": None,
             "nwot_flavour": "reference",
+            "bn_mode": "eval",
         },
     }
 
@@ -124,6 +128,13 @@ SCHEMA: dict[str, Key] = {
         "str",
         choices=NWOT_FLAVOURS,
     ),
+    "reward.bn_mode": Key(
+        "BatchNorm of the scoring forward: eval (running statistics, as the "
+        "reference) or batch (statistics of the scored batch). "
+        "nwot_flavour=original always uses batch statistics",
+        "str",
+        choices=BN_MODES,
+    ),
 }
 
 
@@ -146,6 +157,12 @@ def check(config: dict) -> None:
     if r["nwot_flavour"] == "original" and r["kind"] != "nwot":
         raise ConfigError(
             "reward.nwot_flavour=original applies to the nwot reward only"
+        )
+    original = FLAVOUR_BATCH["original"]
+    if r["nwot_flavour"] == "original" and batch_size(config) != original:
+        raise ConfigError(
+            f"reward.nwot_flavour=original scores on one fixed batch of {original} "
+            f"images, got reward.batch_size={r['batch_size']}: leave it unset (null)"
         )
     channels = config["supernet"]["channels"]
     if channels is not None and channels % 2:

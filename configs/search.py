@@ -51,6 +51,7 @@ def get_config() -> dict:
             "augment_valid": True,
             "reward_path": "discrete",
             "nwot_flavour": "reference",
+            "bn_mode": "eval",
             "invalid_reward": None,
             "reward_norm": False,
         },
@@ -115,6 +116,9 @@ PRESETS: dict[str, dict] = {
         "run": {"total_steps": 256 * 16, "updates_per_chunk": 4, "checkpoint_every": 1},
     },
 }
+
+#: BatchNorm modes of the reward forward.
+BN_MODES = ("eval", "batch")
 
 #: Keys that may differ between a run and its ``--resume`` (``run.total_steps`` may
 #: grow: resuming with a larger value extends a finished search).
@@ -218,6 +222,14 @@ SCHEMA: dict[str, Key] = {
         "un-augmented batch of 128)",
         "str",
         choices=NWOT_FLAVOURS,
+    ),
+    "env.bn_mode": Key(
+        "BatchNorm of the reward forward: eval (running statistics, as the "
+        "reference) or batch (statistics of the reward batch; a one-op-per-edge "
+        "architecture on a supernet pre-trained as a mixture mostly needs it to "
+        "score above chance). nwot_flavour=original always uses batch statistics",
+        "str",
+        choices=BN_MODES,
     ),
     "env.invalid_reward": Key(
         "reward of an architecture whose score is not finite "

@@ -14,6 +14,7 @@ benchmarks build from a validated config (:func:`jaxdarts.config.load`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,10 +29,15 @@ __all__ = [
     "env_config",
     "ppo_config",
     "pretrained_supernet",
+    "check_compat",
+    "split_seed_of",
     "search_setup",
+    "check_batch_size",
 ]
 
 from jaxdarts.checkpoint import load_supernet, supernet_config_from_meta
+
+log = logging.getLogger("jaxdarts")
 
 
 def load_data(data: Mapping[str, Any]):
@@ -63,15 +69,29 @@ def supernet_config(
     )
 
 
-def reward_config(kind: str, path: str, nwot_flavour: str, invalid: float | None):
-    """A :class:`~jaxdarts.rewards.RewardConfig`; ``invalid=None``: its default."""
+def reward_config(
+    kind: str,
+    path: str,
+    nwot_flavour: str,
+    invalid: float | None,
+    bn_mode: str = "eval",
+):
+    """A :class:`~jaxdarts.rewards.RewardConfig`; ``invalid=None``: its default.
+
+    BatchNorm uses batch statistics (``bn_train``) with ``bn_mode="batch"`` for any
+    reward kind, and always for the original NWOT flavour; running statistics
+    (``bn_mode="eval"``, the reference) otherwise.
+    """
     from jaxdarts.rewards import RewardConfig
 
+    if bn_mode not in ("eval", "batch"):
+        raise ValueError(f"bn_mode must be 'eval' or 'batch', got {bn_mode!r}")
     extra = {} if invalid is None else {"invalid_reward": invalid}
+    original = kind == "nwot" and nwot_flavour == "original"
     return RewardConfig(
         kind=kind,
         path=path,
-        bn_train=kind == "nwot" and nwot_flavour == "original",
+        bn_train=original or bn_mode == "batch",
         **extra,
     )
 
@@ -87,7 +107,11 @@ def env_config(cfg: Mapping[str, Any], image_shape, num_classes: int):
         kind=e["kind"],
         net=supernet_config(cfg["supernet"], num_classes, cfg["compat"]),
         reward=reward_config(
-            e["reward"], e["reward_path"], e["nwot_flavour"], e["invalid_reward"]
+            e["reward"],
+            e["reward_path"],
+            e["nwot_flavour"],
+            e["invalid_reward"],
+            e.get("bn_mode", "eval"),
         ),
         batch_size=e["batch_size"],
         sentinel=e["sentinel"],
@@ -124,9 +148,43 @@ def ppo_config(ppo: Mapping[str, Any], num_envs: int):
     )
 
 
+def check_compat(meta: Mapping[str, Any], swap_cells: bool, path: str) -> None:
+    """Refuses a supernet pre-trained with another ``--compat`` than the run's.
+
+    ``compat=dartsrl`` swaps the alphas that drive normal and reduction cells, so
+    weights trained one way score architectures wrongly the other way.
+
+    Raises:
+      ValueError: naming ``--compat`` and what to pass.
+    """
+    saved = bool(meta["swap_cells"])
+    if saved == bool(swap_cells):
+        return
+    if saved:
+        raise ValueError(
+            f"the supernet in {path} was pre-trained with --compat dartsrl (the "
+            "reference's normal/reduce cell swap), but this run is without it: pass "
+            "--compat dartsrl, or pre-train a supernet without --compat"
+        )
+    raise ValueError(
+        f"the supernet in {path} was pre-trained without --compat, but this run asks "
+        "for --compat dartsrl: drop --compat, or pre-train a supernet with "
+        "--compat dartsrl"
+    )
+
+
+def split_seed_of(meta: Mapping[str, Any] | None, seed: int) -> int:
+    """The seed of the train/valid split: a pre-trained supernet's ``split_seed``
+    (so that rewards never score on images its weights were trained on), else
+    ``seed``."""
+    if meta is None:
+        return seed
+    return int(meta.get("split_seed", meta.get("seed", seed)))
+
+
 def pretrained_supernet(path: str, net, image_shape) -> tuple[Any, dict[str, Any]]:
-    """Loads the supernet in ``path``; refuses one of another space, size or
-    image shape (every difference listed).
+    """Loads the supernet in ``path``; refuses one of another ``--compat``, space,
+    size or image shape (every difference listed).
 
     Returns:
       ``(variables, meta)``.
@@ -136,10 +194,11 @@ def pretrained_supernet(path: str, net, image_shape) -> tuple[Any, dict[str, Any
         "channels": net.channels,
         "layers": net.layers,
         "num_classes": net.num_classes,
-        "swap_cells": net.swap_cells,
         "image_shape": list(image_shape),
     }
-    return load_supernet(path, expect=expect)
+    variables, meta = load_supernet(path, expect=expect)
+    check_compat(meta, net.swap_cells, path)
+    return variables, meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,21 +228,53 @@ class SearchSetup:
         return self.ppo.n_steps * self.num_envs
 
 
-def _seed_variables(cfg: Mapping[str, Any], env_cfg, image_shape) -> list[Any]:
-    """The supernet variables of every seed: the pre-trained ones, or seed ``i``'s
-    init from ``fold_in(key(seed + i), 7)``."""
+def check_batch_size(batch_size: int, valid: int, dataset: str) -> None:
+    """A reward batch must fit in the validation half of the train split."""
+    if batch_size > valid:
+        raise ValueError(
+            f"env.batch_size {batch_size} is larger than the validation half of "
+            f"{dataset} ({valid} images): use --set env.batch_size={valid} or less"
+        )
+
+
+def _seed_variables(
+    cfg: Mapping[str, Any], env_cfg, image_shape, pretrained=None
+) -> list[Any]:
+    """The supernet variables of every seed: the pre-trained ones (``pretrained``,
+    else loaded), or seed ``i``'s init from ``fold_in(key(seed + i), 7)``."""
     import jax
 
     seeds = cfg["seeds"]
     ckpt = cfg["supernet"]["checkpoint"]
     if ckpt:
-        variables, _ = pretrained_supernet(ckpt, env_cfg.net, image_shape)
-        return [variables] * seeds
+        if pretrained is None:
+            pretrained = pretrained_supernet(ckpt, env_cfg.net, image_shape)
+        return [pretrained[0]] * seeds
     net = env_cfg.supernet
     return [
         net.init(jax.random.fold_in(jax.random.key(cfg["seed"] + i), 7), image_shape)
         for i in range(seeds)
     ]
+
+
+def _pretrained_and_split(cfg: Mapping[str, Any], env_cfg, image_shape):
+    """``((variables, meta) or None, split seed)``: the checked pre-trained
+    supernet of ``supernet.checkpoint``, and its ``split_seed`` (else ``seed``)."""
+    pretrained, meta = None, None
+    if cfg["supernet"]["checkpoint"]:
+        pretrained = pretrained_supernet(
+            cfg["supernet"]["checkpoint"], env_cfg.net, image_shape
+        )
+        meta = pretrained[1]
+    split_seed = split_seed_of(meta, cfg["seed"])
+    if split_seed != cfg["seed"]:
+        log.info(
+            "train/valid split drawn with the supernet checkpoint's split_seed %d "
+            "(not --seed %d), so that rewards never use images it was trained on",
+            split_seed,
+            cfg["seed"],
+        )
+    return pretrained, split_seed
 
 
 def search_setup(cfg: Mapping[str, Any], dataset=None) -> SearchSetup:
@@ -208,7 +299,9 @@ def search_setup(cfg: Mapping[str, Any], dataset=None) -> SearchSetup:
     env_cfg = env_config(cfg, ds.image_shape, ds.num_classes)
     num_envs = cfg["env"]["num_envs"]
     ppo = ppo_config(cfg["ppo"], num_envs)
-    tr, va = data_lib.split_indices(len(ds.train_images), cfg["seed"])
+    pretrained, split_seed = _pretrained_and_split(cfg, env_cfg, ds.image_shape)
+    tr, va = data_lib.split_indices(len(ds.train_images), split_seed)
+    check_batch_size(env_cfg.batch_size, len(va), cfg["data"]["dataset"])
     train = (ds.train_images[tr], ds.train_labels[tr])
     if not env_cfg.weight_step:
         train = (None, None)
@@ -222,7 +315,7 @@ def search_setup(cfg: Mapping[str, Any], dataset=None) -> SearchSetup:
             ds.std,
             *train,
         )
-        for v in _seed_variables(cfg, env_cfg, ds.image_shape)
+        for v in _seed_variables(cfg, env_cfg, ds.image_shape, pretrained)
     ]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
     return SearchSetup(env_cfg, ppo, num_envs, cfg["seeds"], ds, stacked)

@@ -45,6 +45,8 @@ import orbax.checkpoint as ocp
 
 __all__ = [
     "Checkpointer",
+    "CorruptCheckpointError",
+    "restore_newest_valid",
     "save_pytree",
     "load_pytree",
     "SUPERNET_DIR",
@@ -147,6 +149,7 @@ def _encode(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """Splits ``state`` into the storage tree and the JSON leaf table."""
     flat, _ = _flatten(state)
     items, table = [], []
+    multi = jax.process_count() > 1
     for pstr, parts, leaf in flat:
         try:
             kind = _leaf_kind(leaf)
@@ -170,6 +173,10 @@ def _encode(state: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         if kind != "key":
             entry["shape"] = list(np.shape(value))
             entry["dtype"] = str(value.dtype)
+        if multi and isinstance(value, jax.Array) and value.is_fully_addressable:
+            # Several processes: Orbax cannot save an array of one process's
+            # devices; every process holds the same value, process 0 saves it.
+            value = np.asarray(value)
         items.append((parts, value))
         table.append(entry)
     return _nest(items), {"format": _FORMAT, "leaves": table}
@@ -183,6 +190,15 @@ def _default_sharding() -> jax.sharding.Sharding:
     if device is None or isinstance(device, str):
         device = jax.local_devices()[0]
     return jax.sharding.SingleDeviceSharding(device)
+
+
+def _place(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``device_put``, or a global array when ``sharding`` spans several processes."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    from jaxdarts.sharding import global_array
+
+    return global_array(x, sharding)
 
 
 def _target_sharding(leaf: Any) -> jax.sharding.Sharding | None:
@@ -319,7 +335,7 @@ def _decode(plans: list[_Plan], restored: dict[str, Any], treedef: Any) -> Any:
         if p.kind == "key":
             key = jax.random.wrap_key_data(value, dtype=p.target.dtype)
             sharding = _target_sharding(p.target)
-            out.append(key if sharding is None else jax.device_put(key, sharding))
+            out.append(key if sharding is None else _place(key, sharding))
         elif p.kind in _PY_TYPES:
             host = np.asarray(value)
             py = _PY_TYPES[p.kind](host.item())
@@ -338,10 +354,10 @@ def _decode(plans: list[_Plan], restored: dict[str, Any], treedef: Any) -> Any:
             elif e["kind"] == "float" and jax.dtypes.issubdtype(dtype, np.floating):
                 # A Python float becomes the target's float dtype, as jnp.asarray
                 # would make it (eval_shape turns Python floats into float32).
-                out.append(jax.device_put(np.asarray(value).astype(dtype), sharding))
+                out.append(_place(np.asarray(value).astype(dtype), sharding))
             else:
                 host = _convert_exact(np.asarray(value), dtype, name)
-                out.append(jax.device_put(host, sharding))
+                out.append(_place(host, sharding))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -489,6 +505,62 @@ class Checkpointer:
 # ---------------------------------------------------------------- one-shot helpers
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint (or saved supernet) that exists but cannot be read back."""
+
+
+def restore_newest_valid(
+    ckpt: Checkpointer, target: Any, warn: Any = None
+) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint of ``ckpt`` that can be read.
+
+    A checkpoint that fails to restore (a truncated or altered file, a deleted
+    manifest or metadata) is skipped with a warning naming it, and the next older
+    one is tried.
+
+    Args:
+      ckpt: the run's checkpoints.
+      target: as :meth:`Checkpointer.restore`.
+      warn: ``warn(message)`` for each skipped checkpoint (e.g. a logger's
+        ``warning``); None: silent.
+
+    Returns:
+      ``(step, state)``, or None when the folder holds no checkpoint at all.
+
+    Raises:
+      CorruptCheckpointError: there are checkpoints, but none restores (each
+        one's error listed).
+    """
+    steps = ckpt.all_steps()
+    if not steps:
+        return None
+    errors = []
+    for step in reversed(steps):
+        try:
+            state = ckpt.restore(step, target)
+        except Exception as e:  # noqa: BLE001 - any failure means unreadable
+            where = ckpt.directory / str(step)
+            errors.append(f"{where}: {type(e).__name__}: {_first_line(e)}")
+            if warn is not None:
+                warn(
+                    f"checkpoint {where} cannot be restored ({errors[-1]}); "
+                    "falling back to the previous checkpoint"
+                )
+            continue
+        if errors and warn is not None:
+            warn(f"resumed from checkpoint {step}, the newest that restores")
+        return step, state
+    raise CorruptCheckpointError(
+        f"no checkpoint in {ckpt.directory} can be restored (damaged files); "
+        "start the run again with --out DIR --overwrite:\n  " + "\n  ".join(errors)
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
 def save_pytree(path: str | Path, tree: Any, *, overwrite: bool = False) -> Path:
     """Saves ``tree`` synchronously as a single Orbax checkpoint folder ``path``.
 
@@ -606,17 +678,24 @@ def save_supernet(
     path = Path(path).expanduser().absolute()
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
+    from jaxdarts import sharding
+
+    # multi-host: every process takes part in the Orbax save; process 0 does the rest
+    writer = sharding.is_writer()
     for p in (tmp, old):
-        if p.exists():
+        if writer and p.exists():
             shutil.rmtree(p)
+    sharding.barrier("supernet-clean")
     tree = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     save_pytree(tmp, tree)
-    atomic_write_json(tmp / SUPERNET_META, meta)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    if writer:
+        atomic_write_json(tmp / SUPERNET_META, meta)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        if old.exists():
+            shutil.rmtree(old)
+    sharding.barrier("supernet-saved")
     return path
 
 
@@ -658,7 +737,7 @@ def supernet_config_from_meta(meta: dict[str, Any], impl: str = "auto") -> Any:
 
 
 # Keys of `expect` that do not change the weights and are never compared.
-_EXPECT_SKIP = ("impl",)
+_EXPECT_SKIP = ("impl", "edges")  # how the ops run, not what the supernet is
 
 
 def _is_real(x: Any) -> bool:
@@ -707,7 +786,26 @@ def _check_expect(folder: Path, meta: dict[str, Any], expect: Any) -> None:
             f"the supernet in {folder} was trained for {saved}, but the run asks "
             f"for {asked}. Pre-train a matching supernet (python -m "
             "jaxdarts.pretrain with the same settings) or change the run's settings."
+            + _matching_flags(meta, diff)
         )
+
+
+#: The flags that set each supernet description key.
+_META_FLAGS = {
+    "space": "--set supernet.space={}",
+    "channels": "--set supernet.channels={}",
+    "layers": "--set supernet.layers={}",
+}
+
+
+def _matching_flags(meta: dict[str, Any], diff: list[str]) -> str:
+    """``"\nTo use this supernet: --set supernet.layers=1 ..."`` for ``diff``."""
+    flags = [_META_FLAGS[k].format(meta[k]) for k in diff if k in _META_FLAGS]
+    if "swap_cells" in diff:
+        flags.append("--compat dartsrl" if meta["swap_cells"] else "no --compat")
+    if {"image_shape", "num_classes", "dataset"} & set(diff) and "dataset" in meta:
+        flags.append(f"--dataset {meta['dataset']}")
+    return f"\nTo use this supernet: {' '.join(flags)}" if flags else ""
 
 
 def load_supernet(
@@ -735,8 +833,14 @@ def load_supernet(
         listed), or names a key the meta does not have.
     """
     folder = _supernet_folder(path)
-    meta = json.loads((folder / SUPERNET_META).read_text())
-    if meta.get("format") != SUPERNET_FORMAT:
+    try:
+        meta = json.loads((folder / SUPERNET_META).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(
+            f"the pre-trained supernet in {folder} is damaged: "
+            f"{SUPERNET_META} is not valid JSON ({e}); pre-train it again"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != SUPERNET_FORMAT:
         raise ValueError(
             f"{folder / SUPERNET_META} is not a jaxdarts supernet description "
             f"(format {meta.get('format')!r}, expected {SUPERNET_FORMAT!r})"
@@ -746,4 +850,11 @@ def load_supernet(
         _check_expect(folder, meta, expect)
     init = supernet_init_fn(supernet_config_from_meta(meta), meta["image_shape"])
     target = jax.eval_shape(init, jax.random.key(0))
-    return load_pytree(folder, target), meta
+    try:
+        return load_pytree(folder, target), meta
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable weights
+        raise CorruptCheckpointError(
+            f"the pre-trained supernet in {folder} cannot be read (damaged or "
+            f"incomplete files: {type(e).__name__}: {_first_line(e)}); pre-train "
+            "it again or give another --supernet-ckpt"
+        ) from None

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from jaxdarts import config as config_lib
@@ -27,6 +28,10 @@ __all__ = [
     "add_config_flags",
     "config_from_args",
     "check_run_args",
+    "check_out",
+    "check_resume_dir",
+    "check_json_out",
+    "check_saved_command",
     "usage_errors",
     "print_config",
     "run_main",
@@ -111,8 +116,10 @@ def add_run_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument(
         "--resume",
         metavar="DIR",
-        help="continue the run in DIR from its newest checkpoint (a changed config "
-        "is refused, listing the differences)",
+        help="continue the run in DIR from its newest checkpoint that restores (a "
+        "damaged newer one is skipped with a warning). A changed config is refused, "
+        "listing the differences, except: data.data_dir, and for a search a larger "
+        "--total-steps, which extends a finished search",
     )
     p.add_argument(
         "--overwrite",
@@ -175,7 +182,7 @@ def _flag_of(dotted: str, args: argparse.Namespace, flags: Mapping[str, str]):
     return None
 
 
-def _load_saved(path: str) -> dict[str, Any]:
+def _load_saved(path: str, command: str) -> dict[str, Any]:
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise UsageError(
@@ -183,7 +190,34 @@ def _load_saved(path: str) -> dict[str, Any]:
             "(start a new run with --out instead)"
         )
     with open(file) as f:
-        return json.load(f)
+        saved = json.load(f)
+    check_saved_command(command, path, saved)
+    return saved
+
+
+_COMMANDS = ("search", "pretrain", "train", "score")
+
+
+def check_saved_command(command: str, path: str, saved: Any) -> None:
+    """Refuses to resume the run folder of another command (its ``config.json``
+    holds another command's groups), naming the command that resumes it."""
+    if not isinstance(saved, dict):
+        raise UsageError(f"--resume {path}: its config.json is not a config")
+
+    def fits(name: str) -> bool:
+        groups = {k.split(".")[0] for k in config_lib.config_module(name).SCHEMA}
+        return set(saved) <= groups
+
+    if fits(command):
+        return
+    other = next((c for c in _COMMANDS if c != command and fits(c)), None)
+    what = f"a {other} run" if other else "not a run of this command"
+    fix = (
+        f": continue it with python -m jaxdarts.{other} --resume {path}"
+        if other
+        else ""
+    )
+    raise UsageError(f"--resume {path} is {what} (see its config.json){fix}")
 
 
 def config_from_args(
@@ -209,7 +243,10 @@ def config_from_args(
     try:
         if getattr(args, "resume", None):
             return config_lib.load_saved(
-                command, _load_saved(args.resume), overrides=overrides, sets=args.set
+                command,
+                _load_saved(args.resume, command),
+                overrides=overrides,
+                sets=args.set,
             )
         return config_lib.load(
             command,
@@ -232,6 +269,50 @@ def check_run_args(args: argparse.Namespace) -> None:
     devices = getattr(args, "devices", None)
     if devices is not None and devices < 1:
         raise UsageError(f"--devices must be >= 1, got {devices}")
+    if getattr(args, "out", None):
+        check_out(args.out, overwrite=bool(getattr(args, "overwrite", False)))
+    if getattr(args, "resume", None):
+        check_resume_dir(args.resume)
+
+
+def check_out(out: str, *, overwrite: bool) -> None:
+    """``--out``: refuses a file, a folder that is no run folder, a run folder
+    without ``--overwrite`` and an unwritable place (before any work)."""
+    from jaxdarts.runs import check_out as check
+
+    try:
+        check(out, overwrite=overwrite)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_json_out(path: str, flag: str = "--json") -> None:
+    """An output file that can be written (checked before the work): not a
+    folder, in a writable folder."""
+    from jaxdarts.runs import check_writable
+
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder: give a file name")
+    try:
+        check_writable(os.path.dirname(os.path.abspath(path)), flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_resume_dir(path: str) -> None:
+    """``--resume DIR``: a run folder that can be written (the run appends to it)."""
+    from jaxdarts.runs import check_writable, looks_like_run
+
+    if os.path.exists(path) and not looks_like_run(Path(path)):
+        raise UsageError(
+            f"--resume {path}: no config.json there, so it is not a run folder "
+            "(start a new run with --out instead)"
+        )
+    if os.path.isdir(path):
+        try:
+            check_writable(path, "--resume")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
 
 def print_config(command: str, config: Mapping[str, Any]) -> None:
@@ -259,9 +340,17 @@ def usage_errors() -> Iterator[None]:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from jaxdarts.runs import ConfigMismatchError, RunExistsError
+    from jaxdarts.checkpoint import CorruptCheckpointError
+    from jaxdarts.runs import ConfigMismatchError, RunExistsError, RunFolderError
 
-    return (UsageError, config_lib.ConfigError, RunExistsError, ConfigMismatchError)
+    return (
+        UsageError,
+        config_lib.ConfigError,
+        RunExistsError,
+        RunFolderError,
+        ConfigMismatchError,
+        CorruptCheckpointError,
+    )
 
 
 def run_main(fn: Callable[[Sequence[str] | None], int], argv=None) -> int:

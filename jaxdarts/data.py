@@ -11,7 +11,7 @@ Datasets:
 * ``"npz:PATH"`` or a path ending in ``.npz``: arrays ``images`` and ``labels``
   (and optionally ``test_images``/``test_labels``), see :func:`load_npz`.
 
-The reference pipeline (reference.md section 9) splits the 50k CIFAR-10 train
+The reference pipeline (the reference implementation; docs/semantics.md) splits the 50k CIFAR-10 train
 images at random into two halves (:func:`split_indices`), normalises with the
 DARTS constants, and augments with a zero-padded random crop, a horizontal flip
 and, when enabled, cutout applied after normalisation (:func:`augment`).
@@ -612,7 +612,7 @@ def augment(
 ) -> jax.Array:
     """Random crop, horizontal flip and cutout, independently per sample.
 
-    Order (reference.md section 9): crop of the zero-padded image, flip,
+    Order (the reference implementation; docs/semantics.md): crop of the zero-padded image, flip,
     [normalise], cutout. Given ``mean`` and ``std``, raw images go in and the
     normalisation happens between the flip and the cutout, exactly as in the
     reference (padding is black, cutout sets normalised pixels to 0). Without

@@ -544,7 +544,10 @@ def _weight_step(key, state: EnvState, params: EnvParams) -> EnvState:
 
 
 def _val_loss_and_grad(key, state: EnvState, params: EnvParams):
-    """Eval-mode validation loss gradient and logits; advances valid_pos.
+    """Validation loss gradient and logits; advances valid_pos.
+
+    BatchNorm as in the reward (running statistics unless ``reward.bn_train``), so
+    that the episode-end reward computed from these logits is the reward's own.
 
     Returns:
       ``(state with grad, (logits [B, classes], labels [B]))``.
@@ -557,7 +560,9 @@ def _val_loss_and_grad(key, state: EnvState, params: EnvParams):
 
     def loss_fn(an, ar):
         wn, wr = net.edge_weights(an, ar)
-        logits, _, _ = net.apply_dense(variables, wn, wr, x, key=kn)
+        logits, _, _ = net.apply_dense(
+            variables, wn, wr, x, train=config.reward.bn_train, key=kn
+        )
         return -neg_loss(logits, y), logits
 
     (_, logits), (gn, gr) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(

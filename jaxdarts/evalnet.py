@@ -3,7 +3,7 @@
 NHWC, Flax Linen, functional: ``variables = model.init(rngs, x)`` then
 ``model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=...)``.
 The layout follows DARTS' ``NetworkCIFAR`` as the reference uses it
-(reference.md §6):
+(the reference implementation; docs/semantics.md):
 
 * stem: conv 3x3 (``C_in -> 3C``, no bias) + BatchNorm (affine);
 * ``layers`` cells, reduction cells (stride 2, channels doubled) at ``layers // 3``

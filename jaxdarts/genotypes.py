@@ -80,7 +80,7 @@ def _pairs(spec: str) -> tuple[Pair, ...]:
 
 # The nine genotypes published with the paper (reference code model/genotypes.py),
 # named after the variants that found them. Note that because of the reference's
-# normal/reduce swap (reference.md §0.1) the "reduce" gene of the discrete variants was
+# normal/reduce swap (the reference implementation; docs/semantics.md) the "reduce" gene of the discrete variants was
 # chosen while acting on the supernet's normal positions.
 PUBLISHED: dict[str, Genotype] = {
     "disc-nwot": _g(
@@ -138,7 +138,8 @@ def validate_genotype(
     """Checks ops and wiring; returns the genotype.
 
     Raises:
-      ValueError: naming the first bad op, input index or concat entry.
+      ValueError: naming the first bad op, input index (also two pairs of a node
+        from the same input) or concat entry.
     """
     from jaxdarts.ops import OPS
 
@@ -166,6 +167,7 @@ def validate_genotype(
                     f"genotype.{cell}[{k}]: input {idx!r} of node {node} must be in "
                     f"[0, {node + 1}] (0, 1 = cell inputs, 2+i = node i)"
                 )
+        _check_distinct_inputs(pairs, cell)
         concat = getattr(genotype, f"{cell}_concat")
         n_states = 2 + len(pairs) // 2
         if not concat or any(not 0 <= int(c) < n_states for c in concat):
@@ -173,6 +175,19 @@ def validate_genotype(
                 f"genotype.{cell}_concat {list(concat)} must index 0..{n_states - 1}"
             )
     return genotype
+
+
+def _check_distinct_inputs(pairs: Sequence[Pair], cell: str) -> None:
+    """The two pairs of a node must read different inputs: a DARTS cell has one
+    edge per (input, node), which a genotype derived from alphas never repeats."""
+    for node in range(len(pairs) // 2):
+        (op_a, a), (op_b, b) = pairs[2 * node], pairs[2 * node + 1]
+        if a == b:
+            raise ValueError(
+                f"genotype.{cell}[{2 * node}:{2 * node + 2}]: node {node} takes both "
+                f"{op_a!r} and {op_b!r} from input {a}; a DARTS cell has one edge per "
+                "(input, node), so the two pairs of a node need different inputs"
+            )
 
 
 def _log_softmax(a: np.ndarray) -> np.ndarray:
@@ -205,7 +220,7 @@ def _derive_cell(
 
 
 def derive_genotype(alpha_normal, alpha_reduce, space: SearchSpace | str) -> Genotype:
-    """Discretises architecture parameters into a genotype (decisions.md).
+    """Discretises architecture parameters into a genotype (docs/semantics.md).
 
     Each node keeps its 2 incoming edges with the largest softmax weight of a non-`none`
     op, ties going to the lowest edge index; each kept edge carries that op (ties to the

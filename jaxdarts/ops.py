@@ -7,7 +7,7 @@ Every op is called as ``op(x, train, codes)``:
   statistics when the ``batch_stats`` collection is mutable), running statistics when
   False. BatchNorm follows PyTorch (eps 1e-5, momentum 0.1, unbiased running variance).
 * ``codes``: ``None``, or a Python list to which every ReLU appends its *input* (the
-  tensor whose sign pattern is the NWOT binary code, reference.md §3).
+  tensor whose sign pattern is the NWOT binary code, the reference implementation).
 
 Depthwise convolutions and pools have four exact implementations: XLA's native
 convolution / ``reduce_window`` (``impl="xla"``), sums of shifted, strided slices
@@ -17,9 +17,10 @@ fuses all taps into one pass over the input), the loop form when differentiated 
 custom VJP, so gradients and their compile times are the loop form's). XLA:CPU runs
 grouped convolutions 30-150x slower than the shifted form. Measured on XLA:CPU (2
 shared cores, C=16, batch 64, 32x32): ``fused`` runs a sep_conv / dil_conv forward
-2.3-4.4x and a max pool 30x faster than ``loop``, but an 8-cell supernet's forward
-pass compiles 2.6x slower with it, so ``"auto"`` still picks ``loop`` on CPU (and
-``xla`` elsewhere); pass ``impl="fused"`` where run time matters more than compiles.
+2.3-4.4x and a max pool 30x faster than ``loop``, and a discrete NWOT reward of the
+paper's 8-cell supernet about 2x faster, but that forward pass compiled 1.1-2.6x
+slower (noisy measurements), so ``"auto"`` still picks ``loop`` on CPU (and ``xla``
+elsewhere); pass ``impl="fused"`` where run time matters more than compiles.
 
 References:
   Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019 (operations.py).

@@ -112,17 +112,17 @@ def neg_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), -1))
 
 
-def _reward(kind: str, logits, labels, stats, invalid: float):
-    if kind == "nwot":
+def _reward(config: RewardConfig, logits, labels, stats):
+    """The guarded reward of one forward (:func:`guard_reward`)."""
+    if config.kind == "nwot":
         r, ok = nwot_score(stats)
-    elif kind == "acc":
+    elif config.kind == "acc":
         r = accuracy(logits, labels)
         ok = jnp.isfinite(logits).all()
     else:
         r = neg_loss(logits, labels)
         ok = jnp.isfinite(r)
-    ok = ok & jnp.isfinite(r)
-    return jnp.where(ok, r, jnp.float32(invalid)), ok
+    return guard_reward(r, ok, config)
 
 
 def score_one(
@@ -156,7 +156,7 @@ def score_one(
         key=key,
         collect=collect,
     )
-    return _reward(config.kind, logits, labels, stats, config.invalid_reward)
+    return _reward(config, logits, labels, stats)
 
 
 def score_architectures(

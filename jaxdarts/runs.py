@@ -46,7 +46,11 @@ __all__ = [
     "GracefulInterrupt",
     "RunDir",
     "RunExistsError",
+    "RunFolderError",
+    "check_out",
+    "check_writable",
     "config_diff",
+    "looks_like_run",
     "enable_compilation_cache",
     "environment_info",
     "progress",
@@ -96,6 +100,11 @@ class RunExistsError(RuntimeError):
             f"run folder {self.path} already exists and is not empty: use "
             f"--resume {self.path} to continue it or --overwrite to replace it"
         )
+
+
+class RunFolderError(ValueError):
+    """A run folder (``--out``, ``--resume``) that cannot be used: a file, a
+    folder that is no run folder, a protected or an unwritable place."""
 
 
 class ConfigMismatchError(ValueError):
@@ -316,21 +325,92 @@ def _check_replaceable(path: Path) -> None:
         or real == package_root
         or real in package_root.parents
     ):
-        raise ValueError(
+        raise RunFolderError(
             f"refusing to --overwrite {path}: it is the root, home, current or "
             "source folder (or one above them); choose a dedicated run folder"
         )
 
 
-def _remove_old(path: Path) -> None:
-    """Renames ``path`` to a hidden sibling, then deletes that sibling."""
+def _sibling(path: Path, kind: str) -> Path:
+    """A free hidden sibling name ``.<kind>-<name>-<time>[-n]`` of ``path``."""
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    old = path.with_name(f".old-{path.name}-{stamp}")
+    out = path.with_name(f".{kind}-{path.name}-{stamp}")
     n = 0
-    while old.exists() or old.is_symlink():
+    while out.exists() or out.is_symlink():
         n += 1
-        old = path.with_name(f".old-{path.name}-{stamp}-{n}")
+        out = path.with_name(f".{kind}-{path.name}-{stamp}-{n}")
+    return out
+
+
+def looks_like_run(path: Path) -> bool:
+    """Whether ``path`` is a folder with a ``config.json`` (a jaxdarts run folder)."""
+    return path.is_dir() and not path.is_symlink() and (path / CONFIG_FILE).is_file()
+
+
+def check_out(path: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Refuses (before any work) a run folder ``--out`` that cannot be used.
+
+    ``path`` must be missing, an empty folder, or (with ``overwrite``) a run
+    folder; its parent must be writable (a probe file is created and removed).
+
+    Raises:
+      RunExistsError: a non-empty folder without ``overwrite``.
+      ValueError: a file, a folder that is no run folder, a protected folder, or
+        a place that cannot be written (the message says which).
+    """
+    path = Path(path).expanduser().absolute()
+    if path.is_file() or path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RunFolderError(
+            f"--out {path} is an existing file, not a folder: choose a folder path"
+        )
+    if _is_nonempty(path):
+        if not overwrite:
+            raise RunExistsError(path)
+        if not looks_like_run(path):
+            raise RunFolderError(
+                f"refusing to --overwrite {path}: it holds files but no "
+                f"{CONFIG_FILE}, so it is not a jaxdarts run folder; choose "
+                "another --out or empty it yourself"
+            )
+        _check_replaceable(path)
+    check_writable(path)
+    return path
+
+
+def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
+    """Raises ValueError unless ``path`` (a folder, existing or not) can be
+    created and written: probes the nearest existing folder with a file."""
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{what} {path}: it is a file, not a folder")
+    probe_dir = path if path.is_dir() else path.parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise RunFolderError(
+            f"{what} {path}: {probe_dir} is a file, so no folder can be made "
+            "under it; choose another path"
+        )
+    probe = probe_dir / f".jaxdarts-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(
+            f"{what} {path}: cannot write in {probe_dir} ({e.strerror}); choose a "
+            "writable place"
+        ) from None
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Replaces ``path`` by ``staging`` (two renames), then deletes the old run."""
+    old = _sibling(path, "old")
     os.rename(path, old)
+    os.rename(staging, path)
+    _delete_old(old)
+
+
+def _delete_old(old: Path) -> None:
     try:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
@@ -340,19 +420,48 @@ def _remove_old(path: Path) -> None:
         raise OSError(f"the old run was moved to {old} but not deleted: {e}") from e
 
 
+
+def _write_new_run(path: Path, saved: dict, env: dict) -> None:
+    """Writes a new run's config; an existing run is replaced only once the new
+    folder holds its config (built in a hidden sibling, then swapped in)."""
+    if _is_nonempty(path):
+        staging = _sibling(path, "new")
+        staging.mkdir(parents=True)
+        try:
+            atomic_write_json(staging / CONFIG_FILE, saved)
+            atomic_write_json(staging / ENV_FILE, env)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_in(staging, path)
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path / CONFIG_FILE, saved)
+    atomic_write_json(path / ENV_FILE, env)
+
 class RunDir:
     """One run's output folder.
 
     Use :meth:`create` for a new run and :meth:`resume` to continue one.
 
+    On a run of several processes (:mod:`jaxdarts.sharding`) only process 0 is the
+    writer: on the others every write method is a no-op, so one folder is written
+    once; commands guard their own direct writes (pictures, genotype files) with
+    :attr:`writer`. :meth:`checkpointer` is real on every process: Orbax
+    coordinates a multi-process save, which all processes take part in.
+
     Attributes:
-        path: The folder (absolute).
+        path: The folder (absolute; the same on every process).
         config: The run's config as saved in ``config.json``.
+        writer: Whether this process writes the folder.
     """
 
-    def __init__(self, path: str | os.PathLike, config: dict[str, Any]) -> None:
+    def __init__(
+        self, path: str | os.PathLike, config: dict[str, Any], writer: bool = True
+    ) -> None:
         self.path = Path(path).expanduser().absolute()
         self.config = config
+        self.writer = writer
 
     @classmethod
     def create(
@@ -367,9 +476,10 @@ class RunDir:
         Args:
             path: Folder to create (an existing empty folder is used as is).
             config: The resolved config; must be JSON-able.
-            overwrite: Replace an existing non-empty folder. It is removed only
-                after every check passed: renamed to a hidden sibling
-                ``.old-<name>-<time>`` and then deleted. Nothing else is touched.
+            overwrite: Replace an existing run folder (one with a
+                ``config.json``). The new run is first written into a hidden
+                sibling ``.new-<name>-<time>``, then swapped in by renames; only
+                then is the old run deleted, so a failed start loses nothing.
 
         Returns:
             The new run folder.
@@ -377,23 +487,27 @@ class RunDir:
         Raises:
             RunExistsError: ``path`` exists, is not empty, and not ``overwrite``.
             TypeError: ``config`` is not JSON-able.
-            ValueError: ``overwrite`` would replace the root, home, current or
-                source folder.
+            ValueError: ``path`` is a file, a non-empty folder that is no run
+                folder, a protected folder (root, home, current, source) or
+                not writable (:func:`check_out`).
         """
+        from jaxdarts.sharding import barrier, is_writer
+
         path = Path(path).expanduser().absolute()
         saved = _normalize(config)
         if not isinstance(saved, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         env = environment_info()
-        if _is_nonempty(path):
-            if not overwrite:
-                raise RunExistsError(path)
-            _check_replaceable(path)
-            _remove_old(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path / CONFIG_FILE, saved)
-        atomic_write_json(path / ENV_FILE, env)
-        return cls(path, saved)
+        # Several processes: every process checks (and fails alike) before
+        # process 0 touches anything; the others wait until the folder exists.
+        barrier("rundir-check")
+        check_out(path, overwrite=overwrite)
+        barrier("rundir-checked")
+        writer = is_writer()
+        if writer:
+            _write_new_run(path, saved, env)
+        barrier("rundir-created")
+        return cls(path, saved, writer)
 
     @classmethod
     def resume(
@@ -433,7 +547,9 @@ class RunDir:
             diff = config_diff(saved, config, ignore)
             if diff:
                 raise ConfigMismatchError(diff, path)
-        run = cls(path, saved)
+        from jaxdarts.sharding import is_writer
+
+        run = cls(path, saved, is_writer())
         run._append_line(RESUMES_FILE, environment_info())
         return run
 
@@ -448,6 +564,8 @@ class RunDir:
         return self.path / METRICS_FILE
 
     def _append_line(self, name: str, record: Mapping[str, Any]) -> None:
+        if not self.writer:
+            return
         line = json.dumps(to_jsonable(dict(record)), sort_keys=False)
         with open(self.path / name, "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -476,7 +594,7 @@ class RunDir:
         resumed run's metrics equal an uninterrupted run's. Records without
         ``key`` are kept.
         """
-        if not self.metrics_path.exists():
+        if not self.writer or not self.metrics_path.exists():
             return
         kept = [
             r
@@ -490,7 +608,8 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> Path:
         """Writes ``<run>/<name>`` atomically and returns its path."""
         target = self.path / name
-        atomic_write_json(target, obj)
+        if self.writer:
+            atomic_write_json(target, obj)
         return target
 
     def read_json(self, name: str) -> Any:
@@ -498,7 +617,8 @@ class RunDir:
         return json.loads((self.path / name).read_text())
 
     def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
+        extra = "" if self.writer else ", writer=False"
+        return f"RunDir({str(self.path)!r}{extra})"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -542,6 +662,10 @@ def progress(
         The bar; call ``.update(n)`` and ``.close()`` (or use it as a context
         manager).
     """
+    from jaxdarts.sharding import is_writer
+
+    if not is_writer():
+        disable = True  # one bar per run, from process 0
     if disable is None:
         flag = os.environ.get("JAXDARTS_PROGRESS", "").strip()
         if flag in ("1", "true", "yes"):
@@ -580,7 +704,9 @@ def setup_logging(run_path: Path | None, verbose: bool = False) -> logging.Logge
     Console: ``HH:MM:SS message`` on stdout, written around the progress bars
     (:class:`TqdmHandler`) so that the two never share a line. With ``run_path``, also
     ``<run>/log.txt`` (appended, with date and level). Calling it again replaces
-    the handlers it added before.
+    the handlers it added before. On process ``i > 0`` of a run of several
+    processes: no file, and only warnings and errors, on stderr, prefixed
+    ``[process i]``.
 
     Args:
         run_path: Run folder for ``log.txt``, or None for the console only.
@@ -594,8 +720,12 @@ def setup_logging(run_path: Path | None, verbose: bool = False) -> logging.Logge
         if getattr(h, "_jaxdarts", False):
             logger.removeHandler(h)
             h.close()
+    from jaxdarts.sharding import is_writer, process_index
+
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+    if not is_writer():
+        return _setup_non_writer(logger, process_index())
     console = TqdmHandler()
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     handlers: list[logging.Handler] = [console]
@@ -615,6 +745,18 @@ def setup_logging(run_path: Path | None, verbose: bool = False) -> logging.Logge
     return logger
 
 
+def _setup_non_writer(logger: logging.Logger, index: int) -> logging.Logger:
+    """Logging of a process that is not the writer: warnings on stderr only."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(
+        logging.Formatter(f"%(asctime)s [process {index}] %(message)s", "%H:%M:%S")
+    )
+    console._jaxdarts = True  # type: ignore[attr-defined]
+    logger.addHandler(console)
+    return logger
+
+
 def enable_compilation_cache(
     path: str | None = None, min_compile_time_secs: float = 0.1
 ) -> str:
@@ -629,10 +771,16 @@ def enable_compilation_cache(
             (JAX's default of 1 s would skip most CPU programs).
 
     Returns:
-        The cache folder (created).
+        The cache folder (created), or ``""`` on a run of several processes: there
+        the cache stays off, since a program one process reads from the cache can
+        disagree with the one another process compiles (a collective mismatch).
     """
     import jax
 
+    from jaxdarts.sharding import process_count
+
+    if process_count() > 1:
+        return ""
     if path is None:
         path = os.environ.get("JAXDARTS_CACHE_DIR")
     if not path:
@@ -777,14 +925,19 @@ class TensorBoardLogger:
 
     A record's list values (one per seed) become ``NAME/seedI`` tags; non-numbers
     are skipped. Needs the ``tensorboard`` extra (tensorboardX); view with
-    ``tensorboard --logdir <run>/tb``.
+    ``tensorboard --logdir <run>/tb``. On a process other than the writer of a run
+    of several processes (:func:`jaxdarts.sharding.is_writer`) it writes nothing.
     """
 
     def __init__(self, logdir: str | os.PathLike) -> None:
-        check_tensorboard()
-        from tensorboardX import SummaryWriter
+        from jaxdarts.sharding import is_writer
 
-        self._writer = SummaryWriter(str(logdir))
+        check_tensorboard()
+        self._writer = None
+        if is_writer():  # multi-host: one event file, from process 0
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(logdir))
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """Adds every number of ``record`` at ``step``."""
@@ -796,8 +949,9 @@ class TensorBoardLogger:
                 self._scalar(name, value, step)
 
     def _scalar(self, tag: str, value: Any, step: int) -> None:
-        if _is_number(value):
+        if self._writer is not None and _is_number(value):
             self._writer.add_scalar(tag, float(value), step)
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -115,6 +115,8 @@ def _main(argv: Sequence[str] | None) -> int:
     from jaxdarts.runs import enable_compilation_cache, setup_logging
 
     logger = setup_logging(None)
+    if args.json:
+        cli.check_json_out(args.json)
     with cli.usage_errors():
         setup = scoring.prepare(args.genotype, cfg)
     if not args.no_compile_cache:

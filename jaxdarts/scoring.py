@@ -20,9 +20,21 @@ the (population, ``ddof=0``) standard deviation of its scores over the seeds.
 
 NWOT flavours: ``reference`` (default) uses eval-mode BatchNorm (running statistics)
 and a batch of 64, as the reference implementation; ``original`` (Mellor et al.) uses
-train-mode BatchNorm (batch statistics) and a batch of 128. Both build the kernel from
-exact integer counts and take the log-determinant in float64. A singular kernel scores
-the reward's ``invalid_reward`` and is flagged in the record's ``valid`` list.
+train-mode BatchNorm (batch statistics) and one fixed batch: the first 128 images of
+the validation half, un-augmented (:func:`jaxdarts.env.nwot_original_batch`, the batch
+a search with that flavour scores on; with a checkpoint the same for every seed). Both
+build the kernel from exact integer counts and take the log-determinant in float64.
+
+``reward.bn_mode``: ``eval`` (default, the reference) scores with BatchNorm's running
+statistics, ``batch`` with the statistics of the scored batch (any reward kind; a
+supernet pre-trained as a mixture mostly needs it for one-op-per-edge architectures
+to score above chance).
+
+Every score goes through :func:`jaxdarts.rewards.guard_reward`: a ``loss`` reward is
+clipped at -100, and a singular kernel or a non-finite score gets the reward kind's
+invalid value, below every valid one (``nwot``: -1, ``acc``: -1, ``loss``: -101;
+:data:`jaxdarts.rewards.INVALID_REWARD`); it is flagged in the record's ``valid`` list
+and the record's ``invalid_reward`` says the value.
 
 References:
   Mellor, Turner, Storkey, Crowley. "Neural Architecture Search without Training",
@@ -212,9 +224,8 @@ def _load_checkpoint(cfg: Mapping[str, Any]):
     for name in ("channels", "layers"):
         if s[name] is not None:
             expect[name] = s[name]
-    if cfg["compat"] is not None:
-        expect["swap_cells"] = cfg["compat"] == "dartsrl"
     variables, meta = build.load_supernet(s["checkpoint"], expect or None)
+    build.check_compat(meta, cfg["compat"] == "dartsrl", s["checkpoint"])
     return variables, meta, build.supernet_config_from_meta(meta, impl=s["impl"])
 
 
@@ -310,7 +321,9 @@ def prepare(genotypes: Sequence[Any], cfg: Mapping[str, Any]) -> ScoreSetup:
             cfg["compat"],
         )
     r = cfg["reward"]
-    reward = build.reward_config(r["kind"], r["path"], r["nwot_flavour"], None)
+    reward = build.reward_config(
+        r["kind"], r["path"], r["nwot_flavour"], None, r.get("bn_mode", "eval")
+    )
     mean, std = (ds.mean, ds.std) if ckpt is None else (ckpt[1]["mean"], ckpt[1]["std"])
     settings = {
         **{k: v for k, v in cfg.items() if k not in ("data", "supernet", "reward")},
@@ -355,15 +368,23 @@ def _arch_inputs(setup: ScoreSetup):
 
 
 def _seed_batch(setup: ScoreSetup, s: int):
-    """Seed ``s``'s batch: ``default_rng(s)`` draws from the validation half."""
+    """Seed ``s``'s batch: ``default_rng(s)`` draws from the validation half; the
+    original NWOT flavour takes that half's first 128 images, un-augmented
+    (:func:`jaxdarts.env.nwot_original_batch`, the batch a search scores on)."""
     import jax.numpy as jnp
 
     from jaxdarts.data import normalize, split_indices
 
     ds = setup.dataset
     meta = None if setup.checkpoint is None else setup.checkpoint[1]
-    split_seed = s if meta is None else int(meta.get("split_seed", meta["seed"]))
+    split_seed = build.split_seed_of(meta, s)
     pool = split_indices(len(ds.train_labels), split_seed)[1]
+    if setup.settings.get("nwot_flavour") == "original" and setup.reward.kind == "nwot":
+        from jaxdarts.env import nwot_original_batch
+
+        return nwot_original_batch(
+            ds.train_images[pool], ds.train_labels[pool], setup.mean, setup.std
+        )
     rng = np.random.default_rng(s)
     idx = np.sort(rng.choice(pool, setup.batch_size, replace=False))
     images = normalize(ds.train_images[idx], setup.mean, setup.std)
@@ -415,6 +436,7 @@ def _records(setup: ScoreSetup, choices, scores, valid) -> list[dict[str, Any]]:
                 "n": setup.seeds,
                 "scores": [float(x) for x in sc],
                 "valid": [bool(x) for x in ok],
+                "invalid_reward": setup.reward.invalid_reward,
                 "normal_ops": [names[i] for i in np.asarray(c[0])],
                 "reduce_ops": [names[i] for i in np.asarray(c[1])],
             }
@@ -453,7 +475,8 @@ def score_genotypes(
     Returns:
       ``{"settings": {...}, "records": [...]}`` with one record per genotype, in the
       given order: ``genotype``, ``reward``, ``mean``, ``std``, ``n``, ``scores``,
-      ``valid``, ``normal_ops``, ``reduce_ops``.
+      ``valid``, ``invalid_reward`` (the kind's value of an invalid score),
+      ``normal_ops``, ``reduce_ops``.
     """
     if setup is None:
         if config is None:

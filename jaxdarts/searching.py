@@ -32,6 +32,7 @@ __all__ = [
     "top_k_track",
     "make_programs",
     "train_loop",
+    "final_env_state",
     "final_architectures",
     "write_outputs",
     "summary_items",
@@ -57,6 +58,9 @@ def check_devices(devices: int | None, num_envs: int) -> None:
             f"--devices {devices} must divide the number of envs ({num_envs}): "
             "choose --num-envs as a multiple of it"
         )
+    from jaxdarts import sharding
+
+    sharding.make_mesh(devices)  # more devices than there are: a ValueError now
 
 
 def prepare(
@@ -96,6 +100,22 @@ def check_resume(cfg: dict[str, Any], path: str) -> None:
     diff = config_diff(saved, cfg, DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE)
     if diff:
         raise ConfigMismatchError(diff, path)
+    _check_resume_extras(saved, cfg, path)
+
+
+def _check_resume_extras(saved: dict, cfg: dict, path: str) -> None:
+    """A resume may only lengthen a search, and needs a checkpoint to start from."""
+    from jaxdarts.cli import UsageError
+
+    before, after = saved["run"]["total_steps"], cfg["run"]["total_steps"]
+    if after < before:
+        raise UsageError(
+            f"--resume {path}: run.total_steps may only grow on resume (to extend "
+            f"the search), saved {before} > given {after}"
+        )
+    ckpts = os.path.join(path, "checkpoints")
+    if not os.path.isdir(ckpts) or not any(n.isdigit() for n in os.listdir(ckpts)):
+        raise UsageError(_no_checkpoint(path))
 
 
 def default_out(cfg: dict[str, Any]) -> str:
@@ -149,22 +169,30 @@ def make_programs(setup: build.SearchSetup, top_k: int, agent: str = "ppo"):
     return jax.jit(init_all), jax.jit(chunk_all, static_argnums=2, donate_argnums=0)
 
 
-def _shard(state, env_params, devices: int | None, env_cfg):
-    """Splits the env batch over ``devices`` devices; agent and env params replicated."""
+def _mesh(devices: int | None):
+    """The mesh of ``--devices N`` (None without the flag)."""
+    if devices is None:
+        return None
+    from jaxdarts import sharding
+
+    return sharding.make_mesh(devices)
+
+
+def _shard(state, env_params, devices: int | None, env_cfg, mesh=None):
+    """Splits the env batch over ``devices`` devices; agent and env params replicated.
+
+    The programs are traced under the same mesh (:attr:`SearchRun.mesh`), so the
+    discrete reward path's per-env loop is split over the devices too
+    (:func:`jaxdarts.env.map_envs`).
+    """
     if devices is None:
         return state, env_params
     from jaxdarts import sharding
 
-    mesh = sharding.make_mesh(devices)
+    mesh = sharding.make_mesh(devices) if mesh is None else mesh
     state = sharding.shard_train_state(state, mesh, env_axis=1)  # [seeds, envs, ...]
     env_params = sharding.replicate(env_params, mesh)
     log.info("env batch split over %d device(s): %s", devices, mesh.devices.tolist())
-    if devices > 1 and env_cfg.kind == "discrete" and env_cfg.reward.path == "discrete":
-        log.warning(
-            "reward_path=discrete scores the envs one by one (lax.map), which every "
-            "device then runs for all envs: use --set env.reward_path=dense to split "
-            "the rewards over the devices"
-        )
     return state, env_params
 
 
@@ -181,6 +209,7 @@ class SearchRun:
       done_updates: updates done so far (restored on resume).
       compile_s: seconds spent compiling chunks in this process.
       tb: the TensorBoard logger, or None.
+      mesh: the mesh of ``--devices`` (the programs are traced under it), or None.
     """
 
     cfg: dict[str, Any]
@@ -190,6 +219,7 @@ class SearchRun:
     done_updates: int = 0
     compile_s: float = 0.0
     tb: Any = None
+    mesh: Any = None
 
 
 def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
@@ -201,30 +231,58 @@ def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
         rec: dict[str, Any] = {"update": update, "timesteps": update * per_update}
         for name, val in metrics.items():
             vals = np.asarray(val)[:, u]
-            rec[name] = float(vals[0]) if seeds == 1 else [float(x) for x in vals]
+            rec[name] = vals[0].item() if seeds == 1 else [x.item() for x in vals]
         rec["steps_per_s"] = per_update * seeds * n / max(run_s, 1e-9)
         rec["compile_s"] = compile_s if u == 0 else 0.0
         yield rec
 
 
+def _warn_invalid(rec: dict[str, Any]) -> None:
+    """A WARNING when most episode-end rewards of an update were invalid."""
+    bad, eps = rec.get("invalid_rewards"), rec.get("num_episodes")
+    if bad is None or eps is None:
+        return
+    bad = bad if isinstance(bad, list) else [bad]
+    eps = eps if isinstance(eps, list) else [eps]
+    for seed, (b, e) in enumerate(zip(bad, eps, strict=True)):
+        if e > 0 and 2 * b > e:
+            where = f" (seed {seed})" if len(bad) > 1 else ""
+            log.warning(
+                "update %d%s: %d of %d rewards were invalid (non-finite score, or "
+                "a singular NWOT kernel: e.g. identical or constant images in the "
+                "batch); those episodes got env.invalid_reward and the search "
+                "learns nothing from them: check the data and the reward",
+                rec["update"],
+                where,
+                int(b),
+                int(e),
+            )
+
+
 def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: int):
     """One chunk of ``n`` updates: compiled ahead of time on first use (timed
     apart, with a "compiling" line), then run and timed."""
-    import jax
-
+    from jaxdarts import sharding
     from jaxdarts.runs import compile_timed
+    from jaxdarts.sharding import use_mesh
 
     compile_s = 0.0
     if n not in programs:
         log.info("compiling the search program (%d updates per call)...", n)
-        programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        # the mesh while tracing: the discrete reward splits its envs (env.map_envs)
+        with use_mesh(run.mesh):
+            programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        # multi-host: line the processes up before the first collective (gloo gives
+        # up after 30 s, and one process may have compiled from the cache)
+        sharding.barrier("compiled")
         log.info("compiled in %.1fs", compile_s)
         run.compile_s += compile_s
     t0 = time.perf_counter()
     state, metrics = programs[n](state, env_params)
-    metrics = jax.device_get(metrics)
+    metrics = sharding.fetch(metrics)  # multi-host: gathered
     run_s = time.perf_counter() - t0
     for rec in _records(run, metrics, n, run_s, compile_s):
+        _warn_invalid(rec)
         run.run_dir.append_metrics(rec)
         if run.tb is not None:
             run.tb.log(rec, rec["timesteps"])
@@ -283,9 +341,19 @@ def _edge_ops(space, alphas) -> dict[str, list[str]]:
     return out
 
 
+def final_env_state(state, seed: int):
+    """Env 0 of seed ``seed`` at the end of a search (``[1, ...]`` leaves): the final
+    rollouts start from it, so the ``cont-*-step`` variants score on the supernet
+    weights that drifted during the run (the weight step), not the initial ones."""
+    import jax
+
+    return jax.tree.map(lambda x: x[seed, :1], state.env_state)
+
+
 def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any]]:
     """Per seed: the deterministic and stochastic policies' architectures and
-    rewards (one episode each) and the top-k seen during the search."""
+    rewards (one episode each, continuing env 0 of the seed: its drifted weights
+    with the weight step) and the top-k seen during the search."""
     import jax
     import jax.numpy as jnp
 
@@ -302,6 +370,7 @@ def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any
     for s in range(run.setup.seeds):
         params_s = jax.tree.map(lambda x, s=s: x[s], state.params)
         env_params_s = jax.tree.map(lambda x, s=s: x[s], env_params)
+        env_state_s = final_env_state(state, s)
         res = {}
         for det in (True, False):
             key = jax.random.key(run.cfg["seed"] + 1000 + s)
@@ -312,6 +381,7 @@ def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any
                 key,
                 env_cfg.episode_length,
                 jnp.asarray(det),
+                env_state_s,
             )
             alphas = np.asarray(roll.info["final_alphas"][-1, 0])
             name = "deterministic" if det else "stochastic"
@@ -465,13 +535,35 @@ def _initial_state(run: SearchRun, ckpt, resume: bool):
         setup, cfg["run"]["top_k"], cfg.get("agent", "ppo")
     )
     keys = jnp.stack([jax.random.key(cfg["seed"] + i) for i in range(setup.seeds)])
-    state = init_jit(keys, setup.env_params)
-    step = ckpt.latest_step() if resume else None
-    if step is not None:
-        state, run.done_updates = ckpt.restore(step, state), step
-        run.run_dir.truncate_metrics(step, key="update")
-        log.info("resumed from update %d", step)
+    from jaxdarts.sharding import use_mesh
+
+    with use_mesh(run.mesh):
+        state = init_jit(keys, setup.env_params)
+    if resume:
+        state = _restore(run, ckpt, state)
     return state, chunk_jit
+
+
+def _restore(run: SearchRun, ckpt, state):
+    """The newest checkpoint that restores (damaged ones skipped with a WARNING);
+    the metrics after it are dropped, so no update is ever logged twice."""
+    from jaxdarts.checkpoint import restore_newest_valid
+
+    found = restore_newest_valid(ckpt, state, warn=log.warning)
+    if found is None:
+        raise FileNotFoundError(_no_checkpoint(run.run_dir.path))
+    step, state = found
+    run.done_updates = step
+    run.run_dir.truncate_metrics(step, key="update")
+    log.info("resumed from update %d", step)
+    return state
+
+
+def _no_checkpoint(path) -> str:
+    return (
+        f"--resume {path}: the run has no checkpoint to continue from; start it "
+        f"again with --out {path} --overwrite"
+    )
 
 
 def _open_run(cfg, out, resume: bool, overwrite: bool):
@@ -480,7 +572,11 @@ def _open_run(cfg, out, resume: bool, overwrite: bool):
 
     if resume:
         ignore = DEFAULT_RESUME_IGNORE + RESUME_MAY_CHANGE
-        return RunDir.resume(out, cfg, ignore=ignore)
+        run_dir = RunDir.resume(out, cfg, ignore=ignore)
+        if run_dir.config != cfg:  # a key that may change did (e.g. more steps)
+            run_dir.write_json("config.json", cfg)
+            run_dir.config = cfg
+        return run_dir
     return RunDir.create(out or default_out(cfg), cfg, overwrite=overwrite)
 
 
@@ -519,7 +615,7 @@ def run(
     runs.setup_logging(run_dir.path)
     runs.enable_compilation_cache()
     total = max(1, math.ceil(cfg["run"]["total_steps"] / setup.steps_per_update))
-    srun = SearchRun(cfg, setup, run_dir, total)
+    srun = SearchRun(cfg, setup, run_dir, total, mesh=_mesh(devices))
     if tensorboard:
         srun.tb = runs.TensorBoardLogger(run_dir.path / "tb")
     log.info(
@@ -534,11 +630,11 @@ def run(
     t0 = time.time()
     ckpt = run_dir.checkpointer()
     state, chunk_jit = _initial_state(srun, ckpt, resume)
-    state, env_params = _shard(state, setup.env_params, devices, setup.env)
+    state, env_params = _shard(state, setup.env_params, devices, setup.env, srun.mesh)
     try:
         state, interrupted = train_loop(srun, chunk_jit, state, env_params, ckpt)
         if interrupted:
-            plot_done = _plot_partial(srun)
+            plot_done = _plot_partial(srun) if run_dir.writer else ""
             log.info(
                 "interrupted: checkpoint saved at update %d%s; continue with "
                 "--resume %s",
@@ -549,6 +645,8 @@ def run(
             return {"interrupted": True, "update": srun.done_updates}
         log.info("compiling and playing the final policy rollouts...")
         results = final_architectures(srun, state, env_params)
+        if not run_dir.writer:  # multi-host: process 0 writes the outputs
+            return _non_writer_summary(srun, results)
         summary = write_outputs(srun, results, time.time() - t0)
     finally:
         ckpt.close()
@@ -567,3 +665,12 @@ def _plot_partial(run: SearchRun) -> str:
 
     plot_search_curves(run.run_dir.read_metrics(), run.run_dir.path / "curves.png")
     return " (curves.png so far)"
+
+
+
+def _non_writer_summary(run: SearchRun, results: list[dict[str, Any]]):
+    """What a process other than the writer returns (it writes no outputs)."""
+    from jaxdarts.genotypes import to_darts_string
+
+    seeds = [{"genotype": to_darts_string(r["deterministic"][0])} for r in results]
+    return {"seeds": seeds, "updates": run.done_updates, "outputs": None}

@@ -14,13 +14,12 @@ Two uses:
   ``[seeds, num_envs, ...]`` under a seed axis) is split over the devices; the agent
   parameters, optimiser state, keys and counters are replicated, and so are the env
   params (supernet weights, validation images). Each device steps its envs and
-  scores their architectures. Only the **dense** reward path
-  (``env.reward_path=dense``, a ``vmap`` over envs) is split: the discrete path
-  scores the envs one after another with ``lax.map`` (a loop, which keeps the
-  per-edge ``lax.switch`` a real branch), and GSPMD does not split a loop's
-  iterations over devices, so every device then scores every env (right, but no
-  faster than one device). The PPO minibatch epochs gather random transitions and run
-  replicated (they are small next to the rewards).
+  scores their architectures: the dense reward path (a ``vmap`` over envs) is
+  split by GSPMD, the discrete path (a ``lax.map`` loop over envs, which keeps the
+  per-edge ``lax.switch`` a real branch) by a ``shard_map`` around the loop
+  (:func:`jaxdarts.env.map_envs`, when the mesh is set while tracing). The PPO
+  minibatch epochs gather random transitions and run replicated (they are small
+  next to the rewards).
 * **Pre-training / evaluation network** (:func:`shard_batch`, :func:`replicate`,
   :func:`constrain_batch`): data parallel: the image batch is split over the devices,
   parameters and optimiser state are replicated.
@@ -28,14 +27,23 @@ Two uses:
 On one CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before
 ``jax`` is imported) makes 4 devices to try this on.
 
-Several hosts: call :func:`initialize_distributed` first in every process (see
-there), then build the mesh over all devices with ``make_mesh(jax.device_count())``.
+Several processes (hosts): call :func:`initialize_distributed` first in every
+process (the CLIs do when ``JAXDARTS_COORDINATOR`` or ``JAXDARTS_DISTRIBUTED`` is
+set; ``python -m jaxdarts.launch`` starts N local processes), then build the mesh
+over all devices with ``make_mesh(jax.device_count())``. Every process runs the
+same program and builds the same host values (same seed); :func:`replicate`,
+:func:`shard_axis` and :func:`put` then place only each process's own slices
+(:func:`global_array`), :func:`fetch` brings results back (gathering split arrays
+over processes), :func:`barrier` waits for every process with a time-out, and
+:func:`is_writer` (process 0) says which process writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +64,16 @@ __all__ = [
     "constrain_batch",
     "use_mesh",
     "mesh_size",
+    "global_array",
+    "put",
     "initialize_distributed",
+    "maybe_initialize_distributed",
+    "process_index",
+    "process_count",
+    "is_writer",
+    "barrier",
+    "fetch",
+    "local_batch_to_global",
 ]
 
 #: Name of the mesh axis the batch is split over.
@@ -110,10 +127,61 @@ def mesh_size(mesh: Mesh) -> int:
 
 
 def _put(x: Any, sharding: NamedSharding) -> Any:
-    """``device_put`` of one leaf; Python scalars and None pass through."""
+    """Places one leaf with ``sharding``; Python scalars and None pass through.
+
+    One process: ``jax.device_put``. Several processes (a mesh with devices of other
+    hosts): :func:`global_array`.
+    """
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
-    return jax.device_put(x, sharding)
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    return global_array(x, sharding)
+
+
+def put(tree: Any, placement: jax.Device | jax.sharding.Sharding) -> Any:
+    """``jax.device_put`` of every array leaf that also works on several processes.
+
+    With a sharding that spans the devices of other processes, each leaf becomes a
+    :func:`global_array` (every process passes the same value).
+    """
+    if isinstance(placement, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: _put(x, placement), tree)
+    return jax.device_put(tree, placement)
+
+
+def _is_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
+def global_array(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global ``jax.Array`` with ``sharding`` from a value every process holds.
+
+    Every process calls it with the same ``x`` (same seed, same program: the
+    commands build their state the same way on every host); each process then
+    places only the slices of its own devices
+    (``jax.make_array_from_callback``), so nothing crosses hosts. ``jax.device_put``
+    cannot do this: it refuses shardings with devices of other processes. A
+    ``jax.Array`` that already spans several processes is resharded by a jitted
+    identity instead. Typed PRNG key arrays go through their raw key data.
+
+    Args:
+      x: array (NumPy, a process-local ``jax.Array`` or a global one); ``[...]``.
+      sharding: the target placement (may span all processes).
+
+    Returns:
+      ``jax.Array`` of ``x``'s shape and dtype placed with ``sharding``.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding == sharding:
+            return x
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    if _is_key(x):
+        impl = jax.random.key_impl(x)
+        data = global_array(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=impl)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -150,10 +218,8 @@ def shard_axis(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
             return x
         shape = np.shape(x)
         if len(shape) > axis and shape[axis] % n == 0 and shape[axis] >= n:
-            return jax.device_put(
-                x, NamedSharding(mesh, _axis_spec(len(shape), axis, name))
-            )
-        return jax.device_put(x, rep)
+            return _put(x, NamedSharding(mesh, _axis_spec(len(shape), axis, name)))
+        return _put(x, rep)
 
     return jax.tree.map(place, tree)
 
@@ -240,12 +306,92 @@ def use_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
         yield mesh
 
 
+# ------------------------------------------------------------------- several processes
+#: Environment variables read by :func:`initialize_distributed` (seconds for timeouts).
+ENV_COORDINATOR = "JAXDARTS_COORDINATOR"
+ENV_NUM_PROCESSES = "JAXDARTS_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAXDARTS_PROCESS_ID"
+ENV_LOCAL_DEVICE_IDS = "JAXDARTS_LOCAL_DEVICE_IDS"
+ENV_INIT_TIMEOUT = "JAXDARTS_INIT_TIMEOUT"
+ENV_HEARTBEAT_TIMEOUT = "JAXDARTS_HEARTBEAT_TIMEOUT"
+ENV_SHUTDOWN_TIMEOUT = "JAXDARTS_SHUTDOWN_TIMEOUT"
+ENV_BARRIER_TIMEOUT = "JAXDARTS_BARRIER_TIMEOUT"
+#: ``1``/``auto``: the CLIs join a cluster run whose settings JAX detects (SLURM,
+#: Open MPI, Cloud TPU) without ``JAXDARTS_COORDINATOR``.
+ENV_DISTRIBUTED = "JAXDARTS_DISTRIBUTED"
+
+#: Defaults (seconds): JAX's own for the first three.
+DEFAULT_TIMEOUTS = {"init": 300, "heartbeat": 100, "shutdown": 300, "barrier": 600}
+
+_MANAGED_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
+
+
+def _connected() -> bool:
+    """Whether ``jax.distributed.initialize`` ran (without starting a backend)."""
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def process_index() -> int:
+    """This process's index (0 on a single-process run)."""
+    return int(jax.process_index()) if _connected() else 0
+
+
+def process_count() -> int:
+    """Number of processes of the run (1 unless :func:`initialize_distributed`)."""
+    return int(jax.process_count()) if _connected() else 1
+
+
+def is_writer() -> bool:
+    """True in the one process that writes the run folder, logs and metrics (0)."""
+    return process_index() == 0
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected an integer") from None
+    return value
+
+
+def _timeout(kind: str) -> int:
+    name = {
+        "init": ENV_INIT_TIMEOUT,
+        "heartbeat": ENV_HEARTBEAT_TIMEOUT,
+        "shutdown": ENV_SHUTDOWN_TIMEOUT,
+        "barrier": ENV_BARRIER_TIMEOUT,
+    }[kind]
+    value = _env_int(name, DEFAULT_TIMEOUTS[kind])
+    if value is None or value < 1:
+        raise ValueError(f"{name}={value}: a timeout must be >= 1 second")
+    return value
+
+
+def _local_device_ids() -> list[int] | None:
+    raw = os.environ.get(ENV_LOCAL_DEVICE_IDS, "").strip()
+    if not raw:
+        return None
+    try:
+        return [int(t) for t in raw.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"{ENV_LOCAL_DEVICE_IDS}={raw!r}: expected comma-separated device "
+            "indices, e.g. 0,1"
+        ) from None
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
     local_device_ids: list[int] | None = None,
-) -> None:
+    force: bool = False,
+) -> bool:
     """Connects the processes of a multi-host run (``jax.distributed.initialize``).
 
     Call it in every process before anything else touches JAX devices; afterwards
@@ -253,47 +399,188 @@ def initialize_distributed(
     them, and a jitted step on globally sharded arrays runs on all hosts. Arguments
     left out come from the environment: on Cloud TPU, SLURM and Open MPI JAX finds
     them itself; otherwise set ``JAXDARTS_COORDINATOR`` (``host:port`` of process 0),
-    ``JAXDARTS_NUM_PROCESSES`` and ``JAXDARTS_PROCESS_ID``. Example with two GPU
-    hosts, process 0 on ``10.0.0.1``::
+    ``JAXDARTS_NUM_PROCESSES`` and ``JAXDARTS_PROCESS_ID`` (and optionally
+    ``JAXDARTS_LOCAL_DEVICE_IDS``, e.g. ``0,1``: the GPUs of this host this process
+    uses). Example with two GPU hosts, process 0 on ``10.0.0.1``::
 
         # on host 10.0.0.1
         JAXDARTS_COORDINATOR=10.0.0.1:12345 JAXDARTS_NUM_PROCESSES=2 \\
-        JAXDARTS_PROCESS_ID=0 python my_script.py
+        JAXDARTS_PROCESS_ID=0 python -m jaxdarts.search ... --devices 16
         # on the second host: the same with JAXDARTS_PROCESS_ID=1
 
-    where ``my_script.py`` calls ``initialize_distributed()`` then
-    ``make_mesh()``. Every process must run the same program on the same data; each
-    host feeds its own shard of a globally sharded batch (e.g. with
-    ``jax.make_array_from_process_local_data``).
+    (``python -m jaxdarts.launch`` does this for N processes on one machine.)
+    Every process runs the same program on the same data; each places only its own
+    devices' share of every global array (:func:`global_array`).
+
+    Time-outs (seconds, environment): ``JAXDARTS_INIT_TIMEOUT`` (default 300: how
+    long to wait for every process to connect), ``JAXDARTS_HEARTBEAT_TIMEOUT``
+    (100: a process silent that long is declared dead and the others stop),
+    ``JAXDARTS_SHUTDOWN_TIMEOUT`` (300: how long the processes wait for each other
+    at exit) and ``JAXDARTS_BARRIER_TIMEOUT`` (600: :func:`barrier`).
 
     Args:
       coordinator_address: ``host:port`` of process 0.
       num_processes: total number of processes.
       process_id: this process's index in ``[0, num_processes)``.
       local_device_ids: devices of this host that this process uses.
+      force: connect even without any setting (JAX detects them from the cluster).
 
-    Does nothing when there is one process and no coordinator.
+    Returns:
+      True when the processes were connected; False (nothing done) when there is
+      one process and no coordinator (and not ``force``).
+
+    Raises:
+      ValueError: a malformed environment variable (named in the message).
+      RuntimeError: connecting failed at once. When the processes do not all
+        connect within the init time-out, JAX itself aborts the process
+        (SIGABRT, ``DEADLINE_EXCEEDED``); the clear message is printed to stderr
+        just before.
     """
     env = os.environ
-    coordinator_address = coordinator_address or env.get("JAXDARTS_COORDINATOR")
-    if num_processes is None and "JAXDARTS_NUM_PROCESSES" in env:
-        num_processes = int(env["JAXDARTS_NUM_PROCESSES"])
-    if process_id is None and "JAXDARTS_PROCESS_ID" in env:
-        process_id = int(env["JAXDARTS_PROCESS_ID"])
-    managed = any(
-        k in env for k in ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
+    coordinator_address = coordinator_address or env.get(ENV_COORDINATOR) or None
+    if num_processes is None:
+        num_processes = _env_int(ENV_NUM_PROCESSES, None)
+    if process_id is None:
+        process_id = _env_int(ENV_PROCESS_ID, None)
+    if local_device_ids is None:
+        local_device_ids = _local_device_ids()
+    managed = any(k in env for k in _MANAGED_ENV)
+    alone = coordinator_address is None and num_processes in (None, 1)
+    if alone and not managed and not force:
+        return False
+    if num_processes is not None and process_id is not None:
+        if not 0 <= process_id < num_processes:
+            raise ValueError(
+                f"{ENV_PROCESS_ID}={process_id} must be in [0, {num_processes}) "
+                f"({ENV_NUM_PROCESSES}={num_processes})"
+            )
+    timeouts = {k: _timeout(k) for k in DEFAULT_TIMEOUTS}
+    message = (
+        f"process {process_id} of {num_processes} could not join the run at "
+        f"coordinator {coordinator_address} within {timeouts['init']} s "
+        f"({ENV_INIT_TIMEOUT}): check that all {num_processes} processes were "
+        f"started with the same {ENV_COORDINATOR} and distinct {ENV_PROCESS_ID}s, "
+        "and that process 0 is reachable"
     )
-    if coordinator_address is None and num_processes in (None, 1) and not managed:
+    # JAX aborts the process (SIGABRT, "DEADLINE_EXCEEDED") when the time-out
+    # expires, so the clear message is printed by a timer just before that.
+    warn = threading.Timer(
+        max(0.5, timeouts["init"] - 1.0),
+        lambda: print(f"error: {message}", file=sys.stderr, flush=True),
+    )
+    warn.daemon = True
+    warn.start()
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            local_device_ids=local_device_ids,
+            initialization_timeout=timeouts["init"],
+            heartbeat_timeout_seconds=timeouts["heartbeat"],
+            shutdown_timeout_seconds=timeouts["shutdown"],
+        )
+    except Exception as e:  # XlaRuntimeError (UNAVAILABLE, ...)
+        raise RuntimeError(f"{message} ({e})") from e
+    finally:
+        warn.cancel()
+    return True
+
+
+def maybe_initialize_distributed() -> bool:
+    """:func:`initialize_distributed` for the CLIs; exits with a message on failure.
+
+    Connects when ``JAXDARTS_COORDINATOR`` is set, or when ``JAXDARTS_DISTRIBUTED``
+    is ``1``/``auto`` (JAX then reads the settings from SLURM, Open MPI or the Cloud
+    TPU environment); else does nothing. A bad setting prints one clear line to
+    stderr and exits with status 3 instead of a traceback.
+    """
+    flag = os.environ.get(ENV_DISTRIBUTED, "").strip().lower()
+    auto = flag in ("1", "auto", "true", "yes")
+    if not os.environ.get(ENV_COORDINATOR) and not auto:
+        return False
+    try:
+        return initialize_distributed(force=auto)
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
+
+
+_BARRIER_CALLS: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: int | None = None) -> None:
+    """Waits until every process reached ``barrier(name)`` (no-op on one process).
+
+    Uses the distributed runtime's barrier (no device work), bounded by
+    ``timeout_s`` (default ``JAXDARTS_BARRIER_TIMEOUT``, 600 s): a process that
+    died or hangs makes the others fail with a clear error instead of waiting for
+    ever.
+
+    Raises:
+      RuntimeError: not every process arrived within the time-out.
+    """
+    if process_count() == 1:
         return
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-        local_device_ids=local_device_ids,
+    timeout_s = _timeout("barrier") if timeout_s is None else int(timeout_s)
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # initialised by other means: a device collective
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+        return
+    # a fresh id per call (every process calls the same barriers in the same order)
+    _BARRIER_CALLS[name] = count = _BARRIER_CALLS.get(name, 0) + 1
+    try:
+        client.wait_at_barrier(
+            f"jaxdarts:{name}:{count}", timeout_in_ms=timeout_s * 1000
+        )
+    except Exception as e:
+        raise RuntimeError(
+            f"process {process_index()}: not all {process_count()} processes "
+            f"reached {name!r} within {timeout_s} s ({ENV_BARRIER_TIMEOUT}); one of "
+            f"them probably failed, see its output ({e})"
+        ) from e
+
+
+def fetch(tree: Any) -> Any:
+    """Host (NumPy) copy of every array leaf, gathered over processes if needed.
+
+    A leaf on this process's devices only, or whole on every device (replicated),
+    is copied from a local device; a leaf split over several processes is
+    gathered with ``process_allgather`` (a collective: on several processes every
+    process must call :func:`fetch` on the same tree). Non-array leaves pass
+    through.
+
+    Returns:
+      The tree with NumPy arrays (the global values) in place of ``jax.Array``.
+    """
+
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        if x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(jax.device_get(x))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def local_batch_to_global(tree: Any, mesh: Mesh) -> Any:
+    """Builds a batch split over ``mesh`` from each process's own rows.
+
+    Each process passes its share (``[B / process_count, ...]``: the rows its
+    devices hold, in process order) and gets the global ``[B, ...]`` array split
+    along the leading axis (``jax.make_array_from_process_local_data``), e.g. for a
+    data loader that reads a different part of the data on every host.
+    """
+    spec = NamedSharding(mesh, P(mesh.axis_names[0]))
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(spec, np.asarray(x)), tree
     )
-
-
-def maybe_initialize_distributed() -> None:
-    """:func:`initialize_distributed` when ``JAXDARTS_COORDINATOR`` is set (CLIs)."""
-    if os.environ.get("JAXDARTS_COORDINATOR"):
-        initialize_distributed()

@@ -2,7 +2,7 @@
 
 A search space names, for each of the 14 edges of a 4-node DARTS cell, the ordered
 candidate ops of the normal cell and of the reduction cell. The order of the ops on an
-edge is the discrete action index (reference.md §4.1), so ``space.normal[e][a]`` is the
+edge is the discrete action index (the reference implementation; docs/semantics.md), so ``space.normal[e][a]`` is the
 op that action ``a`` puts on normal edge ``e``.
 
 Edge ``e`` of a cell feeds node ``EDGE_NODE[e]`` from state ``EDGE_INPUT[e]`` (0 = c_{k-2},
@@ -139,7 +139,7 @@ _DARTS = (
     "none",
 )
 
-# RobustDARTS S1 (reference.md §7): one op pair per edge.
+# RobustDARTS S1 (the reference implementation; docs/semantics.md): one op pair per edge.
 _S1_NORMAL = (
     ("skip_connect", "dil_conv_3x3"),
     ("skip_connect", "dil_conv_5x5"),

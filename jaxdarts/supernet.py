@@ -5,7 +5,7 @@ weights (the softmax of the alphas, :meth:`Supernet.edge_weights`) for the dense
 or one op index per edge for the discrete path, so the same weights can be vmapped
 over many architectures, and the alphas can be differentiated through.
 
-Layout (reference.md §4): stem conv3x3 (C_in -> 3C) + BN; ``layers`` cells with
+Layout (the reference implementation; docs/semantics.md): stem conv3x3 (C_in -> 3C) + BN; ``layers`` cells with
 reductions (stride 2, doubled channels) at ``layers // 3`` and ``2 * layers // 3``;
 global average pool; linear classifier. A cell preprocesses its two inputs (ReLU-Conv-BN
 1x1, or FactorizedReduce after a reduction cell; affine BN as in the reference), then
@@ -17,7 +17,7 @@ leaving c_{k-1}, and those leaving nodes 0, 1 and 2. Within a group every op is 
 once and vmapped (dense) or scanned with a ``lax.switch`` (discrete) over the group's
 edges, which keeps an 8-cell supernet's compile time low.
 
-Reference semantics (decisions.md): ops whose softmax weight is <= ``eps`` (1e-3)
+Reference semantics (docs/semantics.md): ops whose softmax weight is <= ``eps`` (1e-3)
 contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
 drive normal cells unless ``swap_cells`` (``compat="dartsrl"``) reproduces the
 reference's swap, where reduction cells use the normal weights and vice versa.
@@ -179,6 +179,24 @@ def codes_to_stats(codes: list[jax.Array], batch: int, impl: str = "auto") -> Nw
         stats = stats + NwotStats(
             gram, positive.sum(1, dtype=jnp.int32), jnp.asarray(units, jnp.int32)
         )
+    return stats
+
+
+def _memo_stats(
+    codes: list[jax.Array], batch: int, memo: list[tuple[jax.Array, NwotStats]]
+) -> NwotStats:
+    """:func:`codes_to_stats`, reusing the statistics of code tensors seen before.
+
+    ``memo`` holds ``(tensor, stats)`` pairs of one trace; a code that *is* (same
+    object) a remembered tensor has the same signs, hence the same statistics.
+    """
+    stats = NwotStats.zeros(batch)
+    for x in codes:
+        hit = next((st for t, st in memo if t is x), None)
+        if hit is None:
+            hit = codes_to_stats([x], batch)
+            memo.append((x, hit))
+        stats = stats + hit
     return stats
 
 
@@ -548,7 +566,12 @@ class Supernet:
         new_bs: dict[str, Any] = {"cells": []}
         stats = NwotStats.zeros(batch) if collect else None
 
-        def run(mod, p, b, x, k=None):
+        # Preprocessing ReLUs read whole cell states, and each state feeds two or
+        # three of them (pre1 of one cell, pre0 of the next): their codes are equal,
+        # so each state's statistics are computed once and added again.
+        memo: list[tuple[jax.Array, NwotStats]] = []
+
+        def run(mod, p, b, x, k=None, reuse=False):
             codes = [] if collect else None
             v = {"params": p, "batch_stats": b}
             rngs = {"noise": k} if k is not None else None
@@ -557,7 +580,10 @@ class Supernet:
                 upd = upd["batch_stats"]
             else:
                 y, upd = mod.apply(v, x, train, codes, rngs=rngs), b
-            st = codes_to_stats(codes, batch) if collect else None
+            if collect and reuse:
+                st = _memo_stats(codes, batch, memo)
+            else:
+                st = codes_to_stats(codes, batch) if collect else None
             return y, upd, st
 
         s, new_bs["stem"], _ = run(self._stem, params["stem"], bstats["stem"], images)
@@ -566,8 +592,8 @@ class Supernet:
             cp, cb = params["cells"][ci], bstats["cells"][ci]
             arch = self._cell_arch(cell, arch_n, arch_r)
             p0, p1 = self._preproc(cell)
-            x0, b0, st0 = run(p0, cp["pre0"], cb["pre0"], s0)
-            x1, b1, st1 = run(p1, cp["pre1"], cb["pre1"], s1)
+            x0, b0, st0 = run(p0, cp["pre0"], cb["pre0"], s0, reuse=True)
+            x1, b1, st1 = run(p1, cp["pre1"], cb["pre1"], s1, reuse=True)
             if collect:
                 stats = stats + st0 + st1
             cell_key = jax.random.fold_in(key, ci)

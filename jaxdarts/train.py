@@ -90,7 +90,8 @@ def _default_out(config: dict[str, Any]) -> str:
 
 def _make_job(config, ds, rundir, mesh) -> T.Job:
     genotype = from_json_dict(config["genotype"])
-    save_genotype_json(rundir.path / "genotype.json", genotype)
+    if rundir.writer:  # multi-host: process 0 writes the run folder
+        save_genotype_json(rundir.path / "genotype.json", genotype)
     task = evalnet_task(config, ds.num_classes)
     setup = T.make_setup(config, ds.image_shape, len(ds.train_labels), ds.mean, ds.std)
     data = {"train_x": ds.train_images, "train_y": ds.train_labels.astype(np.int32)}

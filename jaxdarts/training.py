@@ -511,7 +511,7 @@ def evaluate(
       ``{"loss", "accuracy", "top5"}``: mean cross-entropy and fractions correct.
     """
     return _means(
-        jax.device_get(_evaluate(state, images, labels, mask, key, task, setup))
+        sharding.fetch(_evaluate(state, images, labels, mask, key, task, setup))
     )
 
 
@@ -585,7 +585,7 @@ def start_run(
       ConfigMismatchError: ``resume`` with a config that differs from the saved one.
       FileNotFoundError: ``resume`` of a folder that is not a run folder.
     """
-    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir, RunExistsError
+    from jaxdarts.runs import DEFAULT_RESUME_IGNORE, RunDir
 
     if resume:
         rundir = RunDir.resume(
@@ -595,9 +595,10 @@ def start_run(
         for dotted in may_change:
             _set_dotted(merged, dotted, _get_dotted(config, dotted))
         return merged, rundir
+    from jaxdarts.runs import check_out
+
     path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise RunExistsError(path)
+    check_out(path, overwrite=overwrite)
     return config, path
 
 
@@ -705,6 +706,9 @@ class _Compiled:
             ).compile()
         self.seconds = time.perf_counter() - t0
         log.info("compiled in %.1fs", self.seconds)
+        # multi-host: line the processes up before the first collective (gloo gives
+        # up after 30 s, and one process may have compiled from the cache)
+        sharding.barrier("compiled")
 
 
 def _hyper_arrays(hyper: Mapping[str, float], mesh: Any) -> dict[str, jax.Array]:
@@ -731,11 +735,14 @@ def _fresh(job: Job, state: TrainState) -> dict[str, Any]:
 
 def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
     """The latest checkpoint (metrics after it dropped), or None for a fresh start."""
+    from jaxdarts.checkpoint import restore_newest_valid
+
     rundir = job.rundir
-    if ckpt.latest_step() is None:
+    found = restore_newest_valid(ckpt, _tree(_fresh(job, state)), warn=log.warning)
+    if found is None:
         rundir.truncate_metrics(-1, key="epoch")
         return None
-    r = ckpt.restore(None, _tree(_fresh(job, state)))
+    r = found[1]
     r = {
         k: (v if k in ("state", "sums") else np.asarray(v).item()) for k, v in r.items()
     }
@@ -752,7 +759,7 @@ def _restore(job: Job, ckpt: Any, state: TrainState) -> dict[str, Any] | None:
 def _validate(job: Job, comp: _Compiled, state: TrainState, epoch: int):
     key = epoch_keys(job.run_key, epoch)[3]
     sums = comp.eval(state, *job.eval_data, key)
-    return _means(jax.device_get(sums))
+    return _means(sharding.fetch(sums))  # multi-host: gathered
 
 
 def _run_epoch(job, comp, pos, bar, stop) -> tuple[float, int]:
@@ -775,7 +782,7 @@ def _run_epoch(job, comp, pos, bar, stop) -> tuple[float, int]:
 
 
 def _epoch_record(job, pos, v, seconds, steps, compile_s) -> dict[str, Any]:
-    s = jax.device_get(pos["sums"])
+    s = sharding.fetch(pos["sums"])  # multi-host: gathered
     n = max(int(s["count"]), 1)
     e, ev = pos["epoch"], job.eval_name
     record = {"epoch": e + 1, "step": (e + 1) * job.setup.steps_per_epoch}
@@ -1001,6 +1008,8 @@ def run_task(
     outcome = fit(job, state, resume=resume, stop_after=stop_after, interrupt=interrupt)
     if not outcome.finished:
         return stopped_result(job, outcome)
+    if not rundir.writer:  # multi-host: process 0 reads and writes the results
+        return {"epochs": outcome.epoch, "run_dir": str(rundir.path)}
     return finish(job, outcome)
 
 
@@ -1149,6 +1158,7 @@ def command_main(
 
 
 def _check_run_args(args: Any) -> None:
+    from jaxdarts import cli
     from jaxdarts.cli import UsageError
 
     if args.stop_after is not None and args.stop_after < 1:
@@ -1157,6 +1167,8 @@ def _check_run_args(args: Any) -> None:
         raise UsageError("give either --out (new run) or --resume DIR, not both")
     if args.resume and args.overwrite:
         raise UsageError("--overwrite cannot be combined with --resume")
+    if args.resume and Path(args.resume).is_dir():
+        cli.check_resume_dir(args.resume)  # a run folder we can write in
 
 
 def _saved_overrides(command: str, args: Any) -> tuple[str, dict[str, Any]]:
@@ -1164,13 +1176,18 @@ def _saved_overrides(command: str, args: Any) -> tuple[str, dict[str, Any]]:
     (``null`` as text, so that a saved null is kept)."""
     import json
 
+    from jaxdarts import cli
     from jaxdarts import config as config_lib
     from jaxdarts.cli import UsageError
 
     path = Path(args.resume) / "config.json"
     if not path.is_file():
-        raise UsageError(f"cannot resume {args.resume}: no config.json there")
+        raise UsageError(
+            f"cannot resume {args.resume}: no config.json there, so it is not a "
+            "run folder (start a new run with --out instead)"
+        )
     saved = json.loads(path.read_text())
+    cli.check_saved_command(command, args.resume, saved)
     preset = saved.get("preset", "paper")
     if args.preset not in (None, "paper", preset):
         raise UsageError(

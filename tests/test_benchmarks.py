@@ -11,11 +11,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = [
     "rewards",
+    "reward_forms",
     "roofline",
     "env_steps",
     "ppo",
     "training",
     "devices",
+    "endtoend",
+    "multihost",
     "gpu",
     "agents",
 ]
@@ -69,3 +72,55 @@ def test_reference_section_refuses_a_missing_checkout(tmp_path):
     )
     assert proc.returncode != 0
     assert "nidhishs/dartsrl" in proc.stderr and "--reference" in proc.stderr
+
+
+def test_endtoend_reads_the_rate_after_compile(tmp_path):
+    from benchmarks import endtoend as E
+
+    recs = [
+        {"steps_per_s": 1.0, "compile_s": 30.0},
+        {"steps_per_s": 40.0, "compile_s": 0.0},
+        {"steps_per_s": 60.0, "compile_s": 0.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    assert E.read_rate(str(tmp_path)) == (50.0, 30.0)
+    cmd = E.search_command("disc-nwot", "paper", 512, ("compat=dartsrl",), "x.npz", "o")
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert "data.dataset=npz:x.npz" in sets and "compat=dartsrl" in sets
+    assert f"run.total_steps={E.UPDATES * 512}" in sets
+
+
+def test_endtoend_npz_is_loadable(tmp_path):
+    from benchmarks import endtoend as E
+    from jaxdarts.data import load_dataset
+
+    ds = load_dataset("npz:" + E.write_npz(str(tmp_path / "c.npz"), 20))
+    assert ds.image_shape == (32, 32, 3) and len(ds.train_images) == 20
+
+
+def test_multihost_says_when_launch_is_missing(monkeypatch):
+    from benchmarks import common as C
+    from benchmarks import multihost
+
+    monkeypatch.setitem(sys.modules, "jaxdarts.launch", None)  # import fails
+    rec = C.Recorder(verbose=False)
+    multihost.run(rec, quick=True)
+    assert [r["item"] for r in rec.rows] == ["needs jaxdarts.launch"]
+
+
+def test_endtoend_random_supernet_is_accepted_by_search(tmp_path):
+    from benchmarks import endtoend as E
+    from jaxdarts import build
+    from jaxdarts import config as config_lib
+
+    sets = ("compat=dartsrl", "supernet.channels=2", "supernet.layers=1")  # tiny
+    sup = E.random_supernet(str(tmp_path / "sup"), "cont-acc-step", "quick", sets)
+    cfg = config_lib.load(
+        "search",
+        preset="quick",
+        variant="cont-acc-step",
+        sets=(*sets, f"supernet.checkpoint={sup}"),
+    )
+    net = build.env_config(cfg, (32, 32, 3), 10).net
+    _, meta = build.pretrained_supernet(sup, net, (32, 32, 3))  # raises on mismatch
+    assert meta["swap_cells"] is True and meta["layers"] == net.layers

@@ -62,7 +62,7 @@ def derived_param_count(
     return total, aux
 
 
-# reference.md section 6, in millions (3 decimals), and the exact counts derived here.
+# the reference implementation, in millions (3 decimals), and the exact counts derived here.
 PUBLISHED_M = {
     "disc-nwot": (2.899, 2_898_766),
     "disc-acc": (1.575, 1_575_118),

@@ -29,12 +29,12 @@ from jaxdarts.genotypes import (
 from jaxdarts.spaces import EDGE_INPUT, EDGE_NODE, NUM_EDGES, get_space
 
 SENTINEL = 1e6
-FIRST_EDGE = (0, 2, 5, 9)  # first edge of each node (reference.md §2.1)
+FIRST_EDGE = (0, 2, 5, 9)  # first edge of each node (the reference implementation; docs/semantics.md)
 CONCAT = (2, 3, 4, 5)
 DISCRETE = [name for name in PUBLISHED if name.startswith("disc-")]
 # Two published cells list a node's pairs in ascending input order, which the
 # reference produced only when the second edge had been given `none` and was then
-# filled with the noise argmax (reference.md §4.5). Alphas built from the pairs
+# filled with the noise argmax (the reference implementation; docs/semantics.md). Alphas built from the pairs
 # reproduce them up to the order of the two pairs inside a node.
 ORDER_ONLY = {("disc-ckpt-acc", "reduce"), ("disc-ckpt-loss", "reduce")}
 
@@ -87,7 +87,7 @@ def test_nine_published_genotypes():
         validate_genotype(g, "darts")
         assert len(g.normal) == len(g.reduce) == 8
         assert g.normal_concat == g.reduce_concat == CONCAT
-    # reference.md §6: DISC_NWOT's "reduce" gene is all sep_conv_5x5.
+    # the reference implementation: DISC_NWOT's "reduce" gene is all sep_conv_5x5.
     assert {op for op, _ in PUBLISHED["disc-nwot"].reduce} == {"sep_conv_5x5"}
     assert PUBLISHED["disc-nwot"].normal[:2] == (
         ("dil_conv_5x5", 1),
@@ -273,7 +273,7 @@ def test_ties_go_to_the_lowest_edge():
 
 
 def test_s3_labels_are_right():
-    # reference.md §0.3: the reference reports a chosen sep_conv_3x3 as skip_connect
+    # the reference implementation: the reference reports a chosen sep_conv_3x3 as skip_connect
     # and a chosen skip_connect as none. jaxdarts labels them correctly.
     sp = get_space("s3")
     edge_ops = ["sep_conv_3x3", "skip_connect"] * 7
@@ -470,13 +470,18 @@ def test_genotype_edge_ops_maps_pairs_to_the_14_edges():
                 assert ops[e] is not None
 
 
-def test_genotype_edge_ops_keeps_the_first_of_two_pairs_from_one_input():
+def test_two_pairs_of_a_node_from_one_input_are_refused_everywhere():
+    # score (edge ops) and train (EvalNet) must build the same network: both refuse.
     g = PUBLISHED["disc-acc"]._replace(
         normal=(("skip_connect", 1), ("sep_conv_3x3", 1))
         + PUBLISHED["disc-acc"].normal[2:]
     )
-    normal, _ = genotype_edge_ops(g)
-    assert normal[:2] == (None, "skip_connect")
+    with pytest.raises(ValueError, match="node 0 takes both 'skip_connect' and"):
+        genotype_edge_ops(g)
+    with pytest.raises(ValueError, match="different inputs"):
+        from_darts_string(to_darts_string(g))
+    for name in PUBLISHED:  # published genotypes never repeat an input
+        validate_genotype(PUBLISHED[name])
 
 
 def test_edge_ops_and_sentinels_round_trip_for_canonical_genotypes():
@@ -511,9 +516,9 @@ S3_GENOTYPE = Genotype(
     normal_concat=CONCAT,
     reduce=(
         ("skip_connect", 0),
-        ("skip_connect", 0),  # two pairs from the same input
+        ("skip_connect", 1),
         ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 2),
         ("skip_connect", 0),
         ("skip_connect", 1),
         ("sep_conv_3x3", 0),

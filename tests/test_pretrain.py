@@ -463,3 +463,26 @@ def test_quick_preset_supernet_loads_for_search_quick(tmp_path):
     assert meta["split_seed"] == _load("quick")["seed"] and meta["compat"] is None
     net_config = supernet_config_from_meta(meta, impl="xla")
     assert net_config.stem_multiplier == 3 and variables["params"]
+
+
+@pytest.mark.slow
+def test_readme_quick_chain_pretrain_search_train(tmp_path):
+    """The README's pattern at ``--preset quick``, through the three commands:
+    pretrain -> disc-ckpt-acc search on that supernet -> train of its genotype."""
+    import json
+
+    from jaxdarts import search as search_cmd
+    from jaxdarts import train as train_cmd
+
+    pre, run, ev = tmp_path / "sn", tmp_path / "s", tmp_path / "t"
+    argv = ["--preset", "quick", "--set", "train.epochs=1", "--out", str(pre)]
+    assert P.main(argv) == 0
+    argv = ["--variant", "disc-ckpt-acc", "--preset", "quick", "--total-steps", "256"]
+    argv += ["--supernet-ckpt", str(pre / "supernet"), "--out", str(run)]
+    assert search_cmd.main(argv) == 0
+    genotype = run / "genotype.json"
+    assert genotype.exists() and (run / "summary.json").exists()
+    argv = ["--genotype", str(genotype), "--preset", "quick", "--out", str(ev)]
+    assert train_cmd.main([*argv, "--set", "train.epochs=1"]) == 0
+    result = json.loads((ev / "result.json").read_text())
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["epochs"] == 1

@@ -39,7 +39,7 @@ ARCHS = (
 
 
 def counted_relus(normal, reduce, hw: int, channels: int, layers: int):
-    """``(ReLU calls, units per sample)`` of the ReLUs that run (reference.md §3).
+    """``(ReLU calls, units per sample)`` of the ReLUs that run (the reference implementation; docs/semantics.md).
 
     Preprocessing: 2 per cell; sep_conv: 2 (input, strided intermediate); dil_conv
     and conv: 1; skip_connect at stride 2 (FactorizedReduce): 1; the rest: 0.
@@ -262,7 +262,7 @@ def test_accuracy_and_neg_loss_by_hand():
     logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
     want = np.mean([logp[0, 0], logp[1, 2], logp[2, 2], logp[3, 1]])
     assert float(neg_loss(logits, labels)) == pytest.approx(want, rel=1e-6)
-    # uniform logits over 10 classes: -log(10) = -2.3026 (reference.md §3)
+    # uniform logits over 10 classes: -log(10) = -2.3026 (the reference implementation; docs/semantics.md)
     flat = neg_loss(jnp.zeros((4, 10)), jnp.array([0, 3, 5, 9]))
     assert float(flat) == pytest.approx(-math.log(10), rel=1e-6)
 

@@ -15,7 +15,7 @@ from jaxdarts.spaces import (
     get_space,
 )
 
-# reference.md §2.1: node 0 <- edges 0, 1 (from c_{k-2}, c_{k-1}); node 1 <- 2, 3, 4
+# the reference implementation: node 0 <- edges 0, 1 (from c_{k-2}, c_{k-1}); node 1 <- 2, 3, 4
 # (c_{k-2}, c_{k-1}, n0); node 2 <- 5..8; node 3 <- 9..13. Written out by hand.
 EXPECTED_EDGES = [
     (0, 0), (0, 1),
@@ -24,7 +24,7 @@ EXPECTED_EDGES = [
     (3, 0), (3, 1), (3, 2), (3, 3), (3, 4),
 ]  # fmt: skip
 
-# reference.md §4.1: the order is the discrete action index.
+# the reference implementation: the order is the discrete action index.
 DARTS_OPS = (
     "sep_conv_3x3",
     "sep_conv_5x5",
@@ -36,7 +36,7 @@ DARTS_OPS = (
     "none",
 )
 
-# reference.md §7, the S1 table, transcribed row by row: (normal pair, reduce pair).
+# the reference implementation, the S1 table, transcribed row by row: (normal pair, reduce pair).
 SK, MP, AP = "skip_connect", "max_pool_3x3", "avg_pool_3x3"
 S3x3, D3, D5 = "sep_conv_3x3", "dil_conv_3x3", "dil_conv_5x5"
 S1_TABLE = [
@@ -125,7 +125,7 @@ def test_s1_per_edge_pairs_match_reference_table():
     "name, obs_size", [("darts", 224), ("s1", 56), ("s2", 56), ("s3", 84), ("s4", 56)]
 )
 def test_observation_sizes(name, obs_size):
-    # reference.md §2.1: softmax(alpha_normal) and softmax(alpha_reduce), flattened.
+    # the reference implementation: softmax(alpha_normal) and softmax(alpha_reduce), flattened.
     space = get_space(name)
     assert 2 * NUM_EDGES * space.num_ops == obs_size
 

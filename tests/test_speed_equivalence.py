@@ -103,3 +103,23 @@ def test_dense_gradients_match_the_reference(variables, data):
             scale = max(np.abs(v).max(), 1e-12)
             np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
     assert np.abs(np.asarray(g_got[1])).max() > 0  # the alphas get a gradient
+
+
+def test_shared_preprocessing_codes_give_the_same_statistics(
+    variables, data, reference_discrete, monkeypatch
+):
+    """Each cell state's preprocessing-ReLU statistics are computed once and reused;
+    recomputing them for every ReLU (no reuse) gives identical integer statistics."""
+    from jaxdarts import supernet
+
+    monkeypatch.setattr(
+        supernet,
+        "_memo_stats",
+        lambda codes, b, memo: supernet.codes_to_stats(codes, b),
+    )
+    for (la, sa), (lb, sb) in zip(
+        discrete(REFERENCE, variables, data[0]), reference_discrete, strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+        for u, v in zip(sa, sb, strict=True):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))

@@ -68,7 +68,7 @@ def darts_param_count(
 
 
 def counted_units(normal, reduce, hw: int, channels: int, layers: int) -> int:
-    """NWOT units per sample (reference.md §3): the inputs of the ReLUs that run.
+    """NWOT units per sample (the reference implementation; docs/semantics.md): the inputs of the ReLUs that run.
 
     Every cell's two preprocessing ReLUs; 2 per sep_conv (on its input and on its
     strided intermediate), 1 per dil_conv / conv, 1 per skip_connect at stride 2.
@@ -96,7 +96,7 @@ def counted_units(normal, reduce, hw: int, channels: int, layers: int) -> int:
 
 
 def test_unit_formula_matches_the_reference_counts():
-    # reference.md §3 [verified], DARTS space, C=16, 8 layers, 32x32 images.
+    # the reference implementation, DARTS space, C=16, 8 layers, 32x32 images.
     assert counted_units(["sep_conv_5x5"] * 14, ["sep_conv_5x5"] * 14, 32, 16, 8) == (
         2_899_968
     )
@@ -166,7 +166,7 @@ def row(tree, i):
 
 def test_param_count_of_the_paper_supernet():
     expected = darts_param_count(16, 8, 3, 10)
-    assert expected == 1_931_898  # "about 1.93M" (reference.md §4.4)
+    assert expected == 1_931_898  # "about 1.93M" (the reference implementation; docs/semantics.md)
     net = Supernet(SupernetConfig(channels=16, layers=8, num_classes=10))
     shapes = jax.eval_shape(lambda k: net.init(k, (32, 32, 3)), jax.random.key(0))
     assert net.num_params(shapes) == expected

@@ -476,7 +476,8 @@ def update_step(
     ``approx_kl`` (mean over the *last* epoch's minibatches, as SB3 logs it),
     ``explained_variance`` (rollout values vs returns), ``learning_rate``, ``std``
     (continuous only: mean of ``exp(log_std)`` after the update) and
-    ``num_timesteps``.
+    ``num_timesteps``; with an ``info["valid"]`` from the env, ``invalid_rewards``
+    (int32: episodes of this rollout that ended with an invalid score).
     """
     key, k_rollout, k_epochs = jax.random.split(state.key, 3)
     state, traj = collect_rollout(env, config.n_steps, state, env_params, k_rollout)
@@ -507,6 +508,10 @@ def update_step(
     if isinstance(traj.info, dict) and "raw_reward" in traj.info:
         # The env's own reward before any normalisation (e.g. the NWOT score).
         metrics.update(_raw_reward_metrics(traj.info["raw_reward"], traj.dones))
+    if isinstance(traj.info, dict) and "valid" in traj.info:
+        # Episodes whose reward was the invalid value (e.g. a singular NWOT kernel).
+        bad = traj.dones & ~traj.info["valid"]
+        metrics["invalid_rewards"] = bad.sum().astype(jnp.int32)
     for name, value in loss_metrics.items():
         metrics[name] = value[-1].mean() if name == "approx_kl" else value.mean()
     metrics["explained_variance"] = explained_variance(batch.values, batch.returns)
