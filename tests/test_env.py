@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from jaxdarts import env as E
-from jaxdarts.data import load_dataset, normalize, split_indices
-from jaxdarts.rewards import INVALID_REWARD, RewardConfig, neg_loss, score_one
+from jaxdarts.data import load_dataset, split_indices
+from jaxdarts.rewards import INVALID_REWARD, RewardConfig, score_one
 from jaxdarts.supernet import SupernetConfig
 
 NET = SupernetConfig(channels=4, layers=1, num_classes=10)
@@ -440,62 +440,6 @@ def test_grad_obs_reward_goes_through_the_guard(cont):
         _, st, r, term, _, info = step(jax.random.key(t), st, jnp.zeros(8), bad)
     assert bool(term) and not bool(info["valid"])
     assert float(info["raw_reward"]) == INVALID_REWARD["acc"] == float(r)
-
-
-# -------------------------------------------------- final rollout, NWOT flavour
-@pytest.mark.slow
-def test_final_rollout_uses_the_given_drifted_weights(digits):
-    from jaxdarts.ppo.networks import init_agent
-    from jaxdarts.ppo.train import evaluate_policy
-
-    # No weight step inside the rollout (period > sweeps), loss reward, no
-    # augmentation: the final reward is a function of the weights it is given.
-    cfg = E.EnvConfig(
-        kind="continuous",
-        net=NET,
-        reward=RewardConfig("loss"),
-        batch_size=16,
-        crop_pad=1,
-        sweeps=1,
-        frame_stack=2,
-        weight_step=True,
-        weight_step_period=2,
-        augment_valid=False,
-    )
-    params = _params(cfg, digits)
-    _, st = E.reset(jax.random.key(0), params)
-    # Weights as a run's weight steps leave them (drifted from params.variables).
-    leaves, tree = jax.tree.flatten(st.variables["params"])
-    keys = jax.random.split(jax.random.key(10), len(leaves))
-    drifted = [
-        w + 0.05 * jax.random.normal(k, w.shape)
-        for w, k in zip(leaves, keys, strict=True)
-    ]
-    variables = {**st.variables, "params": jax.tree.unflatten(tree, drifted)}
-    st = st.replace(variables=variables)
-    venv = E.LockstepEnv(cfg, 1)
-    agent = init_agent(jax.random.key(1), cfg.obs_shape, "continuous", cfg.num_ops)
-    state1 = jax.tree.map(lambda x: x[None], st)
-    roll = evaluate_policy(
-        agent, venv, params, jax.random.key(2), 28, True, env_state=state1
-    )
-    assert bool(roll.dones[-1, 0]) and not bool(roll.dones[:-1].any())
-    alphas = roll.info["final_alphas"][-1, 0]
-    x = normalize(
-        params.valid_images[int(st.valid_pos) * 16 :][:16], params.mean, params.std
-    )
-    y = params.valid_labels[int(st.valid_pos) * 16 :][:16]
-    net = cfg.supernet
-    wn, wr = net.edge_weights(alphas[0], alphas[1])
-
-    def by_hand(variables):
-        logits, _, _ = net.apply_dense(variables, wn, wr, x)
-        return float(neg_loss(logits, y))
-
-    r = float(roll.info["raw_reward"][-1, 0])
-    assert r == pytest.approx(by_hand(st.variables), rel=1e-5, abs=1e-6)
-    assert abs(by_hand(params.variables) - by_hand(st.variables)) > 1e-4
-    assert abs(r - by_hand(params.variables)) > 1e-4
 
 
 def test_original_nwot_flavour_scores_one_fixed_batch(digits):

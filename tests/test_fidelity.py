@@ -12,10 +12,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -331,33 +327,3 @@ for n in (1, 4):
 """
 
 
-@pytest.mark.slow  # two tiny searches in a subprocess
-def test_discrete_reward_path_shards(tmp_path):
-    """``--devices 4`` on the discrete reward path: the first update's metrics equal
-    ``--devices 1`` (1e-5 relative), without the old dense-path warning."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAXDARTS_CACHE_DIR"] = str(tmp_path / "cache")
-    proc = subprocess.run(
-        [sys.executable, "-c", _SHARDED, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    recs = {}
-    for n in (1, 4):
-        lines = (tmp_path / f"d{n}" / "metrics.jsonl").read_text().splitlines()
-        recs[n] = json.loads(lines[0])
-        log = (tmp_path / f"d{n}" / "log.txt").read_text()
-        assert "reward_path=dense" not in log
-    assert "split over 4 device(s)" in (tmp_path / "d4" / "log.txt").read_text()
-    skip = {"steps_per_s", "compile_s"}
-    keys = [k for k in recs[1] if k not in skip]
-    assert np.isfinite(recs[1]["reward_mean"])
-    for k in keys:
-        np.testing.assert_allclose(recs[4][k], recs[1][k], rtol=1e-5, err_msg=k)

@@ -448,24 +448,6 @@ def test_darts1_mode_trains_alphas_and_weights():
 
 
 @pytest.mark.slow
-def test_quick_preset_supernet_loads_for_search_quick(tmp_path):
-    """``pretrain --preset quick`` (1 epoch) writes the supernet that a
-    ``search --preset quick`` config asks for."""
-    out = tmp_path / "pre"
-    argv = ["--preset", "quick", "--set", "train.epochs=1", "--out", str(out)]
-    assert P.main([*argv, "--no-compile-cache"]) == 0
-    search = config_lib.load("search", preset="quick", variant="disc-ckpt-acc")
-    net = search["supernet"]
-    expect = {k: net[k] for k in ("space", "channels", "layers")}
-    expect.update(num_classes=10, swap_cells=search["compat"] == "dartsrl")
-    variables, meta = load_supernet(out, expect=expect)
-    assert (meta["channels"], meta["layers"]) == (4, 3)
-    assert meta["split_seed"] == _load("quick")["seed"] and meta["compat"] is None
-    net_config = supernet_config_from_meta(meta, impl="xla")
-    assert net_config.stem_multiplier == 3 and variables["params"]
-
-
-@pytest.mark.slow
 def test_readme_quick_chain_pretrain_search_train(tmp_path):
     """The README's pattern at ``--preset quick``, through the three commands:
     pretrain -> disc-ckpt-acc search on that supernet -> train of its genotype."""
