@@ -7,6 +7,8 @@ Three cells keep one normal cell between the two reductions (cells ``L // 3`` an
 ``2 L // 3`` reduce), so both the normal and the reduction alphas matter.
 """
 
+from jaxdarts.config import Key
+
 #: The embedded default dataset (scikit-learn's 8x8 digits, shipped with the package).
 QUICK_DATA = {"dataset": "digits", "data_dir": None}
 
@@ -23,3 +25,18 @@ IMPLS = ("auto", "loop", "shift", "xla")
 #: Reward kinds and NWOT flavours.
 REWARDS = ("nwot", "acc", "loss")
 NWOT_FLAVOURS = ("reference", "original")
+
+#: The ``data`` keys every command shares.
+DATA_SCHEMA = {
+    "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
+    "data.data_dir": Key(
+        "TFDS data folder (null: TFDS's default)", "str", nullable=True
+    ),
+}
+
+#: The supernet keys that search and pretrain share (what a checkpoint must match).
+SUPERNET_SCHEMA = {
+    "supernet.space": Key("search space", "str", choices=SPACES),
+    "supernet.channels": Key("initial channels C of the supernet", "int", lo=2),
+    "supernet.layers": Key("number of cells of the supernet", "int", lo=1),
+}

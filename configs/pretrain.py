@@ -9,7 +9,12 @@ expects.
 """
 
 from jaxdarts.configs import search, training
-from jaxdarts.configs.common import QUICK_DATA, QUICK_SUPERNET, SPACES
+from jaxdarts.configs.common import (
+    DATA_SCHEMA,
+    QUICK_DATA,
+    QUICK_SUPERNET,
+    SUPERNET_SCHEMA,
+)
 
 from jaxdarts.config import ConfigError, Key
 
@@ -81,13 +86,8 @@ SCHEMA: dict[str, Key] = {
         choices=("dartsrl",),
         nullable=True,
     ),
-    "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
-    "data.data_dir": Key(
-        "TFDS data folder (null: TFDS's default)", "str", nullable=True
-    ),
-    "supernet.space": Key("search space", "str", choices=SPACES),
-    "supernet.channels": Key("initial channels C of the supernet", "int", lo=2),
-    "supernet.layers": Key("number of cells of the supernet", "int", lo=1),
+    **DATA_SCHEMA,
+    **SUPERNET_SCHEMA,
     "supernet.impl": Key(
         "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
         "str",

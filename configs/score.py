@@ -7,6 +7,7 @@ size: ``supernet.channels``/``layers``/``space`` left at null take the checkpoin
 """
 
 from jaxdarts.configs.common import (
+    DATA_SCHEMA,
     IMPLS,
     NWOT_FLAVOURS,
     QUICK_DATA,
@@ -73,10 +74,7 @@ SCHEMA: dict[str, Key] = {
         choices=("dartsrl",),
         nullable=True,
     ),
-    "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
-    "data.data_dir": Key(
-        "TFDS data folder (null: TFDS's default)", "str", nullable=True
-    ),
+    **DATA_SCHEMA,
     "supernet.space": Key(
         "search space (null: the checkpoint's, else the one the "
         "genotype files name, else darts)",

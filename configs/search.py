@@ -7,12 +7,13 @@ setting (its values where the paper states one, the reference code's elsewhere);
 """
 
 from jaxdarts.configs.common import (
+    DATA_SCHEMA,
     IMPLS,
     NWOT_FLAVOURS,
     QUICK_DATA,
     QUICK_SUPERNET,
     REWARDS,
-    SPACES,
+    SUPERNET_SCHEMA,
 )
 
 from jaxdarts.config import ConfigError, Key
@@ -151,13 +152,8 @@ SCHEMA: dict[str, Key] = {
         choices=("dartsrl",),
         nullable=True,
     ),
-    "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
-    "data.data_dir": Key(
-        "TFDS data folder (null: TFDS's default)", "str", nullable=True
-    ),
-    "supernet.space": Key("search space", "str", choices=SPACES),
-    "supernet.channels": Key("initial channels C of the supernet", "int", lo=2),
-    "supernet.layers": Key("number of cells of the supernet", **_POS),
+    **DATA_SCHEMA,
+    **SUPERNET_SCHEMA,
     "supernet.impl": Key(
         "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
         "str",

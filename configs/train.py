@@ -9,7 +9,7 @@ cosine-annealed to 0. ``quick``: the embedded digits data, 3 cells of 8 channels
 """
 
 from jaxdarts.configs import training
-from jaxdarts.configs.common import QUICK_DATA
+from jaxdarts.configs.common import DATA_SCHEMA, QUICK_DATA
 
 from jaxdarts.config import ConfigError, Key
 
@@ -67,10 +67,7 @@ SCHEMA: dict[str, Key] = {
     "genotype_source": Key(
         "what --genotype said (a name, a file or a string)", "str", nullable=True
     ),
-    "data.dataset": Key("digits (embedded), cifar10, a TFDS name or npz:PATH", "str"),
-    "data.data_dir": Key(
-        "TFDS data folder (null: TFDS's default)", "str", nullable=True
-    ),
+    **DATA_SCHEMA,
     "net.channels": Key("initial channels C of the evaluation network", "int", lo=1),
     "net.layers": Key("number of cells L (cells L//3 and 2L//3 reduce)", "int", lo=1),
     "net.auxiliary": Key("DARTS auxiliary head after cell 2L//3", "bool"),
