@@ -6,6 +6,9 @@ imported, so every check runs in a fresh Python subprocess that writes its resul
 and the 4-device version (a 1-device mesh in the same process), so the compile of
 each program happens once per device count.
 
+Search space s2 (2 ops per edge) everywhere a supernet is built: small programs,
+quick compiles; the sharding does not depend on the ops.
+
 Tolerances: float leaves ``rtol=1e-5, atol=1e-6`` (sharded reductions, e.g. the
 all-reduced gradient mean or batch-norm statistics, sum in another order); integer,
 bool and PRNG-key leaves exactly; a checkpoint round trip exactly.
@@ -71,7 +74,7 @@ _SEARCH = textwrap.dedent(
     _, va = split_indices(len(ds.train_images), 0)
     cfg = E.EnvConfig(
         kind="discrete",
-        net=SupernetConfig(channels=4, layers=1, impl="xla"),
+        net=SupernetConfig(space="s2", channels=4, layers=1, impl="xla"),
         reward=RewardConfig(kind="nwot", path="dense"),
         batch_size=16, crop_pad=1,
     )
@@ -145,7 +148,8 @@ _TRAIN_STEPS = textwrap.dedent(
             save(f"{name}{n}", (s, m))
             info[f"{name}_param_specs{n}"] = specs(s.params)
 
-    over = {"supernet.channels": 4, "supernet.layers": 1, "train.batch_size": 16}
+    over = {"supernet.space": "s2", "supernet.channels": 4, "supernet.layers": 1,
+            "train.batch_size": 16}
     config = C.load("pretrain", preset="quick", overrides=over)
     task = tasks.supernet_task(config, ds.num_classes)
     steps("pretrain", config, task, {"lr": jnp.float32(0.05)})
@@ -252,6 +256,8 @@ def test_search_cli_devices(tmp_path: Path) -> None:
         "env.reward_path=dense",
         "--set",
         "supernet.layers=1",
+        "--space",
+        "s2",
         "--out",
         str(out),
     ]
