@@ -40,3 +40,38 @@ SUPERNET_SCHEMA = {
     "supernet.channels": Key("initial channels C of the supernet", "int", lo=2),
     "supernet.layers": Key("number of cells of the supernet", "int", lo=1),
 }
+
+#: What ``supernet.impl`` means (every command that builds a supernet).
+IMPL_HELP = (
+    "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)"
+)
+
+
+def preset_key(presets) -> Key:
+    """The ``preset`` key: one of ``presets`` (names)."""
+    return Key("the preset the config started from", "str", choices=tuple(presets))
+
+
+def seed_key(what: str) -> Key:
+    """The ``seed`` key; ``what`` says what it seeds."""
+    return Key(f"seed of {what}", "int", lo=0)
+
+
+def compat_key(what: str) -> Key:
+    """The ``compat`` key (``dartsrl`` or null); ``what`` names the reference
+    code's behaviours it turns on (and what null means)."""
+    return Key(
+        f"'dartsrl': the reference code's {what}",
+        "str",
+        choices=("dartsrl",),
+        nullable=True,
+    )
+
+
+def checkpoint_key(untrained: str) -> Key:
+    """The ``supernet.checkpoint`` key; ``untrained`` says what null gives."""
+    return Key(
+        f"pre-trained supernet folder (python -m jaxdarts.pretrain); null: {untrained}",
+        "str",
+        nullable=True,
+    )

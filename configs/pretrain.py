@@ -11,9 +11,13 @@ expects.
 from jaxdarts.configs import search, training
 from jaxdarts.configs.common import (
     DATA_SCHEMA,
+    IMPL_HELP,
     QUICK_DATA,
     QUICK_SUPERNET,
     SUPERNET_SCHEMA,
+    compat_key,
+    preset_key,
+    seed_key,
 )
 
 from jaxdarts.config import ConfigError, Key
@@ -65,12 +69,10 @@ PRESETS: dict[str, dict] = {
 RESUME_MAY_CHANGE = training.RESUME_MAY_CHANGE
 
 SCHEMA: dict[str, Key] = {
-    "preset": Key("the preset the config started from", "str", choices=tuple(PRESETS)),
-    "seed": Key(
-        "seed of the init, the alphas' draw, the 50/50 split and the "
-        "batches (search reuses the split of a pre-trained supernet)",
-        "int",
-        lo=0,
+    "preset": preset_key(PRESETS),
+    "seed": seed_key(
+        "the init, the alphas' draw, the 50/50 split and the "
+        "batches (search reuses the split of a pre-trained supernet)"
     ),
     "mode": Key(
         "weights: train the weights with the alphas frozen (the reference); "
@@ -79,19 +81,11 @@ SCHEMA: dict[str, Key] = {
         "str",
         choices=MODES,
     ),
-    "compat": Key(
-        "'dartsrl': the reference code's normal/reduce alpha swap; null: "
-        "the paper's semantics",
-        "str",
-        choices=("dartsrl",),
-        nullable=True,
-    ),
+    "compat": compat_key("normal/reduce alpha swap; null: the paper's semantics"),
     **DATA_SCHEMA,
     **SUPERNET_SCHEMA,
-    "supernet.impl": Key(
-        "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
-        "str",
-    ),
+    # No choices: validate names the ops' own forms (training.check_impl).
+    "supernet.impl": Key(IMPL_HELP, "str"),
     "supernet.stem_multiplier": Key(
         "stem output channels = stem_multiplier * C", "int", lo=1
     ),

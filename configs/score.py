@@ -8,12 +8,16 @@ size: ``supernet.channels``/``layers``/``space`` left at null take the checkpoin
 
 from jaxdarts.configs.common import (
     DATA_SCHEMA,
+    IMPL_HELP,
     IMPLS,
     NWOT_FLAVOURS,
     QUICK_DATA,
     QUICK_SUPERNET,
     REWARDS,
     SPACES,
+    checkpoint_key,
+    compat_key,
+    preset_key,
 )
 
 from jaxdarts.config import ConfigError, Key
@@ -59,21 +63,14 @@ PRESETS: dict[str, dict] = {
 DEFAULT_CHANNELS, DEFAULT_LAYERS = 16, 8
 
 SCHEMA: dict[str, Key] = {
-    "preset": Key(
-        "the preset the config started from", "str", choices=("paper", "quick")
-    ),
+    "preset": preset_key(PRESETS),
     "seeds": Key(
         "seeds i = 0..N-1: seed i initialises the supernet and draws the "
         "batch; results are mean and std over seeds",
         "int",
         lo=1,
     ),
-    "compat": Key(
-        "'dartsrl': the reference code's normal/reduce cell swap",
-        "str",
-        choices=("dartsrl",),
-        nullable=True,
-    ),
+    "compat": compat_key("normal/reduce cell swap"),
     **DATA_SCHEMA,
     "supernet.space": Key(
         "search space (null: the checkpoint's, else the one the "
@@ -91,18 +88,8 @@ SCHEMA: dict[str, Key] = {
     "supernet.layers": Key(
         "cells (null: the checkpoint's, else 8)", "int", lo=1, nullable=True
     ),
-    "supernet.impl": Key(
-        "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
-        "str",
-        choices=IMPLS,
-    ),
-    "supernet.checkpoint": Key(
-        "pre-trained supernet folder (python -m "
-        "jaxdarts.pretrain); null: an untrained supernet "
-        "per seed",
-        "str",
-        nullable=True,
-    ),
+    "supernet.impl": Key(IMPL_HELP, "str", choices=IMPLS),
+    "supernet.checkpoint": checkpoint_key("an untrained supernet per seed"),
     "reward.kind": Key(
         "score: nwot (log-determinant of the ReLU-code kernel), acc "
         "(batch accuracy) or loss (negative cross-entropy)",

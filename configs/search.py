@@ -8,12 +8,17 @@ setting (its values where the paper states one, the reference code's elsewhere);
 
 from jaxdarts.configs.common import (
     DATA_SCHEMA,
+    IMPL_HELP,
     IMPLS,
     NWOT_FLAVOURS,
     QUICK_DATA,
     QUICK_SUPERNET,
     REWARDS,
     SUPERNET_SCHEMA,
+    checkpoint_key,
+    compat_key,
+    preset_key,
+    seed_key,
 )
 
 from jaxdarts.config import ConfigError, Key
@@ -133,9 +138,7 @@ SCHEMA: dict[str, Key] = {
         "str",
         choices=tuple(VARIANTS),
     ),
-    "preset": Key(
-        "the preset the config started from", "str", choices=("paper", "quick")
-    ),
+    "preset": preset_key(PRESETS),
     "agent": Key(
         "ppo: the paper's PPO agent; random: random search (uniform actions, no "
         "learning; same env, reward, steps and outputs; its genotype is the best "
@@ -143,28 +146,16 @@ SCHEMA: dict[str, Key] = {
         "str",
         choices=("ppo", "random"),
     ),
-    "seed": Key("seed of the supernet init, split, envs and agent", "int", lo=0),
+    "seed": seed_key("the supernet init, split, envs and agent"),
     "seeds": Key("independent searches run together in one compiled program", **_POS),
-    "compat": Key(
-        "'dartsrl': the reference code's normal/reduce alpha swap and a "
-        "weight step every sweep; null: the paper's semantics",
-        "str",
-        choices=("dartsrl",),
-        nullable=True,
+    "compat": compat_key(
+        "normal/reduce alpha swap and a weight step every sweep; null: the paper's "
+        "semantics"
     ),
     **DATA_SCHEMA,
     **SUPERNET_SCHEMA,
-    "supernet.impl": Key(
-        "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)",
-        "str",
-        choices=IMPLS,
-    ),
-    "supernet.checkpoint": Key(
-        "pre-trained supernet folder (python -m "
-        "jaxdarts.pretrain); null: untrained supernet",
-        "str",
-        nullable=True,
-    ),
+    "supernet.impl": Key(IMPL_HELP, "str", choices=IMPLS),
+    "supernet.checkpoint": checkpoint_key("untrained supernet"),
     "env.kind": Key(
         "discrete: an action assigns one op to the next edge; "
         "continuous: an action nudges one edge's alphas",

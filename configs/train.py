@@ -9,7 +9,7 @@ cosine-annealed to 0. ``quick``: the embedded digits data, 3 cells of 8 channels
 """
 
 from jaxdarts.configs import training
-from jaxdarts.configs.common import DATA_SCHEMA, QUICK_DATA
+from jaxdarts.configs.common import DATA_SCHEMA, QUICK_DATA, preset_key, seed_key
 
 from jaxdarts.config import ConfigError, Key
 
@@ -56,8 +56,8 @@ PRESETS: dict[str, dict] = {
 RESUME_MAY_CHANGE = (*training.RESUME_MAY_CHANGE, "genotype_source")
 
 SCHEMA: dict[str, Key] = {
-    "preset": Key("the preset the config started from", "str", choices=tuple(PRESETS)),
-    "seed": Key("seed of the init, the batches, augmentation and dropout", "int", lo=0),
+    "preset": preset_key(PRESETS),
+    "seed": seed_key("the init, the batches, augmentation and dropout"),
     "genotype": Key(
         "the genotype trained ({normal, normal_concat, reduce, "
         "reduce_concat}); set with --genotype",

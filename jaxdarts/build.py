@@ -96,6 +96,39 @@ def reward_config(
     )
 
 
+#: The ``env`` keys of a search config that are EnvConfig fields of the same name.
+_ENV_FIELDS = (
+    "batch_size",
+    "sentinel",
+    "alpha_std",
+    "lam",
+    "sweeps",
+    "frame_stack",
+    "grad_obs",
+    "weight_step",
+    "augment_valid",
+    "reward_norm",
+    "nwot_flavour",
+)
+#: The ``ppo`` keys of a search config that are PPOConfig fields of the same name.
+_PPO_FIELDS = (
+    "learning_rate",
+    "batch_size",
+    "n_epochs",
+    "gamma",
+    "gae_lambda",
+    "clip_range",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+)
+
+
+def _pick(section: Mapping[str, Any], *names: str) -> dict[str, Any]:
+    """``{name: section[name]}`` for ``names`` (a config section's fields)."""
+    return {name: section[name] for name in names}
+
+
 def env_config(cfg: Mapping[str, Any], image_shape, num_classes: int):
     """The :class:`~jaxdarts.env.EnvConfig` of a search config on a dataset."""
     from jaxdarts.data import default_crop_pad
@@ -113,19 +146,9 @@ def env_config(cfg: Mapping[str, Any], image_shape, num_classes: int):
             e["invalid_reward"],
             e.get("bn_mode", "eval"),
         ),
-        batch_size=e["batch_size"],
-        sentinel=e["sentinel"],
-        alpha_std=e["alpha_std"],
-        lam=e["lam"],
-        sweeps=e["sweeps"],
-        frame_stack=e["frame_stack"],
-        grad_obs=e["grad_obs"],
-        weight_step=e["weight_step"],
         weight_step_period=1 if dartsrl else e["weight_step_period"],
-        augment_valid=e["augment_valid"],
         crop_pad=default_crop_pad(image_shape[0]),
-        reward_norm=e["reward_norm"],
-        nwot_flavour=e["nwot_flavour"],
+        **_pick(e, *_ENV_FIELDS),
     )
 
 
@@ -135,16 +158,8 @@ def ppo_config(ppo: Mapping[str, Any], num_envs: int):
     from jaxdarts.ppo import PPOConfig
 
     return PPOConfig(
-        learning_rate=ppo["learning_rate"],
         n_steps=math.ceil(ppo["transitions_per_update"] / num_envs),
-        batch_size=ppo["batch_size"],
-        n_epochs=ppo["n_epochs"],
-        gamma=ppo["gamma"],
-        gae_lambda=ppo["gae_lambda"],
-        clip_range=ppo["clip_range"],
-        ent_coef=ppo["ent_coef"],
-        vf_coef=ppo["vf_coef"],
-        max_grad_norm=ppo["max_grad_norm"],
+        **_pick(ppo, *_PPO_FIELDS),
     )
 
 

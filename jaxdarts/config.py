@@ -372,14 +372,7 @@ def load(
         raise ConfigError(f"{command} has no variants")
     _merge(config, mod.PRESETS[preset])
     config["preset"] = preset
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            set_value(config, schema, dotted, value)
-    for dotted, value in parse_sets(sets):
-        set_value(config, schema, dotted, value)
-    _normalise_numbers(config, schema)
-    validate(command, config)
-    return config
+    return _apply(command, config, schema, overrides, sets)
 
 
 def load_saved(
@@ -393,6 +386,18 @@ def load_saved(
     (``--resume``: the saved config is the base, not the preset)."""
     schema = config_module(command).SCHEMA
     config = copy.deepcopy(dict(saved))
+    return _apply(command, config, schema, overrides, sets)
+
+
+def _apply(
+    command: str,
+    config: dict[str, Any],
+    schema: Mapping[str, Key],
+    overrides: Mapping[str, Any] | None,
+    sets: Sequence[str],
+) -> dict[str, Any]:
+    """``config`` with ``overrides`` (``None`` values skipped) then the ``--set``
+    strings applied, numbers normalised, validated for ``command``."""
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_value(config, schema, dotted, value)

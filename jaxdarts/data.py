@@ -197,18 +197,8 @@ def _load_digits() -> ImageDataset:
     train_idx, test_idx = _holdout_split(
         len(labels), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED
     )
-    train_images = images[train_idx]
-    mean, std = _channel_stats(train_images)
-    return ImageDataset(
-        name="digits",
-        train_images=train_images,
-        train_labels=labels[train_idx],
-        test_images=images[test_idx],
-        test_labels=labels[test_idx],
-        num_classes=10,
-        mean=mean,
-        std=std,
-    )
+    train = (images[train_idx], labels[train_idx])
+    return _dataset("digits", train, (images[test_idx], labels[test_idx]), 10)
 
 
 def _not_found_message(name: str, data_dir: str, detail: str = "") -> str:
@@ -300,19 +290,13 @@ def _load_tfds(name: str, data_dir: str | None) -> ImageDataset:
     test_source = source(_pick_test_split(split_names))
     train_images, train_labels = _read_source(train_source, f"{name} train")
     test_images, test_labels = _read_source(test_source, f"{name} test")
-    if name.split(":")[0] == "cifar10":
-        mean, std = CIFAR10_MEAN, CIFAR10_STD
-    else:
-        mean, std = _channel_stats(train_images)
-    return ImageDataset(
-        name=name,
-        train_images=train_images,
-        train_labels=train_labels,
-        test_images=test_images,
-        test_labels=test_labels,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
+    cifar10 = name.split(":")[0] == "cifar10"
+    return _dataset(
+        name,
+        (train_images, train_labels),
+        (test_images, test_labels),
+        num_classes,
+        (CIFAR10_MEAN, CIFAR10_STD) if cifar10 else None,
     )
 
 
@@ -346,6 +330,35 @@ def _holdout_split(
     n_test = min(n - 1, max(1, math.ceil(test_fraction * n)))
     perm = np.random.default_rng(seed).permutation(n)
     return perm[: n - n_test], perm[n - n_test :]
+
+
+def _dataset(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> ImageDataset:
+    """An :class:`ImageDataset` from ``(images, labels)`` pairs.
+
+    Args:
+      name: the dataset's name.
+      train: ``[N, H, W, C]`` images and ``[N]`` labels.
+      test: ``[M, H, W, C]`` images and ``[M]`` labels.
+      num_classes: the number of classes.
+      stats: per-channel ``(mean, std)``; by default those of the train images.
+    """
+    mean, std = stats if stats is not None else _channel_stats(train[0])
+    return ImageDataset(
+        name=name,
+        train_images=train[0],
+        train_labels=train[1],
+        test_images=test[0],
+        test_labels=test[1],
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+    )
 
 
 def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -421,16 +434,11 @@ def load_npz(path: str, test_fraction: float = 0.2, seed: int = 0) -> ImageDatas
         train_images, train_labels = images[train_idx], labels[train_idx]
         test_images, test_labels = images[test_idx], labels[test_idx]
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    mean, std = _channel_stats(train_images)
-    return ImageDataset(
-        name=f"npz:{path}",
-        train_images=train_images,
-        train_labels=train_labels,
-        test_images=test_images,
-        test_labels=test_labels,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
+    return _dataset(
+        f"npz:{path}",
+        (train_images, train_labels),
+        (test_images, test_labels),
+        num_classes,
     )
 
 

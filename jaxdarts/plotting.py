@@ -352,9 +352,6 @@ def _node_label(state: int, n_states: int) -> str:
 
 def _draw_cell(ax: Axes, cell: _CellLayout, renderer: Any) -> None:
     """Draws one cell into ``ax``, whose position and size are already final."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     # Data units: x in layers, y in slots (downwards); the axes box is sized so that
     # one unit is _LAYER_GAP / _SLOT inches.
     mx, my = _MARGIN_X / _LAYER_GAP, (_MARGIN_Y + _NODE_H / 2) / _SLOT
@@ -363,8 +360,27 @@ def _draw_cell(ax: Axes, cell: _CellLayout, renderer: Any) -> None:
     ax.set_autoscale_on(False)
     ax.axis("off")
     half = (_NODE_W / 2 / _LAYER_GAP, _NODE_H / 2 / _SLOT)
+    node_boxes = _draw_nodes(ax, cell, half)
+    routes = [_draw_edge(ax, cell, edge, half) for edge in cell.edges]
+    _place_labels(ax, cell, routes, node_boxes, renderer)
 
-    # Nodes.
+
+def _draw_nodes(
+    ax: Axes, cell: _CellLayout, half: tuple[float, float]
+) -> list[np.ndarray]:
+    """Draws the node boxes and their names.
+
+    Args:
+      ax: the cell's axes (limits final).
+      cell: the laid-out cell.
+      half: the half width and half height of a node box, in data units.
+
+    Returns:
+      One ``[2, 2]`` array per node: its lower-left and upper-right corners in
+      display units.
+    """
+    from matplotlib.patches import FancyBboxPatch
+
     node_boxes = []
     for state, (x, y) in cell.pos.items():
         fill = _INPUT_FILL if state < 2 else _NODE_FILL
@@ -395,45 +411,59 @@ def _draw_cell(ax: Axes, cell: _CellLayout, renderer: Any) -> None:
                 [(x - half[0], y - half[1]), (x + half[0], y + half[1])]
             )
         )
+    return node_boxes
 
-    # Arrows.
-    routes = []
-    for edge in cell.edges:
-        curve = _clip_to_boxes(
-            _spline(edge.points), cell.pos[edge.src], cell.pos[edge.dst], half
-        )
-        colour = OP_COLOURS.get(edge.op, "black") if edge.op else _CONCAT_COLOUR
-        ax.add_line(
-            Line2D(
-                curve[:, 0],
-                curve[:, 1],
-                color=colour,
-                linewidth=1.3 if edge.op else 1.0,
-                solid_capstyle="butt",
-                zorder=1,
-            )
-        )
-        disp = ax.transData.transform(curve)
-        # The arrow head: a short arrow along the last few points of the route.
-        seg = np.cumsum(np.r_[0, np.linalg.norm(np.diff(disp[::-1], axis=0), axis=1)])
-        back = disp[::-1][min(np.searchsorted(seg, 8.0), len(disp) - 1)]
-        tail = ax.transData.inverted().transform(back)
-        ax.add_patch(
-            FancyArrowPatch(
-                tuple(tail),
-                tuple(curve[-1]),
-                arrowstyle="-|>",
-                mutation_scale=10,
-                shrinkA=0,
-                shrinkB=0,
-                color=colour,
-                linewidth=1.0,
-                zorder=2,
-            )
-        )
-        routes.append(_resample(disp, 2.0))
 
-    _place_labels(ax, cell, routes, node_boxes, renderer)
+def _draw_edge(
+    ax: Axes, cell: _CellLayout, edge: _Edge, half: tuple[float, float]
+) -> np.ndarray:
+    """Draws one arrow (its curve and its head) of ``cell``.
+
+    Args:
+      ax: the cell's axes (limits final).
+      cell: the laid-out cell.
+      edge: one of ``cell.edges``.
+      half: the half width and half height of a node box, in data units.
+
+    Returns:
+      ``[n, 2]`` points every 2 display units along the drawn curve.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import FancyArrowPatch
+
+    curve = _clip_to_boxes(
+        _spline(edge.points), cell.pos[edge.src], cell.pos[edge.dst], half
+    )
+    colour = OP_COLOURS.get(edge.op, "black") if edge.op else _CONCAT_COLOUR
+    ax.add_line(
+        Line2D(
+            curve[:, 0],
+            curve[:, 1],
+            color=colour,
+            linewidth=1.3 if edge.op else 1.0,
+            solid_capstyle="butt",
+            zorder=1,
+        )
+    )
+    disp = ax.transData.transform(curve)
+    # The arrow head: a short arrow along the last few points of the route.
+    seg = np.cumsum(np.r_[0, np.linalg.norm(np.diff(disp[::-1], axis=0), axis=1)])
+    back = disp[::-1][min(np.searchsorted(seg, 8.0), len(disp) - 1)]
+    tail = ax.transData.inverted().transform(back)
+    ax.add_patch(
+        FancyArrowPatch(
+            tuple(tail),
+            tuple(curve[-1]),
+            arrowstyle="-|>",
+            mutation_scale=10,
+            shrinkA=0,
+            shrinkB=0,
+            color=colour,
+            linewidth=1.0,
+            zorder=2,
+        )
+    )
+    return _resample(disp, 2.0)
 
 
 def _resample(disp: np.ndarray, step: float) -> np.ndarray:
@@ -469,6 +499,12 @@ def _obox_overlaps(a: tuple, b: tuple) -> np.ndarray:
     return ~apart
 
 
+#: Where a label may sit along its arrow (fractions of the arrow's length).
+_LABEL_FRACTIONS = np.linspace(0.08, 0.92, 43)
+#: The cost of a label that overlaps another label, a node or the axes border.
+_PROHIBITIVE = 1000.0
+
+
 def _place_labels(ax: Axes, cell: _CellLayout, routes, node_boxes, renderer) -> None:
     """Puts each op label on its arrow, rotated along it, where it covers the least.
 
@@ -480,43 +516,78 @@ def _place_labels(ax: Axes, cell: _CellLayout, routes, node_boxes, renderer) -> 
     labelled = [i for i, e in enumerate(cell.edges) if e.op]
     if not labelled:
         return
-    pad = 0.22 * _LABEL_FONTSIZE / 72 * ax.figure.dpi + 2.0  # bbox pad + margin, px
-    texts, cands = {}, {}
-    fractions = np.linspace(0.08, 0.92, 43)
-    for i in labelled:
-        op = cell.edges[i].op
-        colour = OP_COLOURS.get(op, "black")
-        texts[i] = t = ax.text(
-            0,
-            0,
-            op,
-            ha="center",
-            va="center",
-            rotation_mode="anchor",
-            fontsize=_LABEL_FONTSIZE,
-            color=colour,
-            zorder=5,
-            bbox=dict(
-                boxstyle="round,pad=0.22", facecolor="white", edgecolor=colour, lw=0.6
-            ),
-        )
-        ext = t.get_window_extent(renderer)
-        pts = routes[i]
-        k = np.rint(fractions * (len(pts) - 1)).astype(int)
-        d = pts[np.minimum(k + 4, len(pts) - 1)] - pts[np.maximum(k - 4, 0)]
-        u = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-        u[u[:, 0] < 0] *= -1  # read left to right
-        n = len(k)
-        cands[i] = (
-            pts[k],
-            u,
-            np.full(n, ext.width / 2 + pad),
-            np.full(n, ext.height / 2 + pad),
-        )
-
-    # Costs that do not depend on the other labels.
+    texts = {i: _label_text(ax, cell.edges[i].op) for i in labelled}
+    cands = {i: _label_candidates(ax, texts[i], routes[i], renderer) for i in labelled}
     axbox = ax.get_window_extent(renderer)
-    nodes = tuple(
+    nodes = _node_oboxes(node_boxes)
+    static = {
+        i: _static_label_cost(i, cands[i], axbox, nodes, routes) for i in labelled
+    }
+    clash = {
+        (i, j): _PROHIBITIVE * _obox_overlaps(cands[i], cands[j])
+        for i in labelled
+        for j in labelled
+        if i != j
+    }
+    best = _choose_labels(labelled, static, clash)
+    inv = ax.transData.inverted()
+    for i in labelled:
+        centre, u = cands[i][0][best[i]], cands[i][1][best[i]]
+        texts[i].set_position(tuple(inv.transform(centre)))
+        texts[i].set_rotation(float(np.degrees(np.arctan2(u[1], u[0]))))
+
+
+def _label_text(ax: Axes, op: str) -> Any:
+    """The (not yet placed) boxed text of an op label, in the op's colour."""
+    colour = OP_COLOURS.get(op, "black")
+    return ax.text(
+        0,
+        0,
+        op,
+        ha="center",
+        va="center",
+        rotation_mode="anchor",
+        fontsize=_LABEL_FONTSIZE,
+        color=colour,
+        zorder=5,
+        bbox=dict(
+            boxstyle="round,pad=0.22", facecolor="white", edgecolor=colour, lw=0.6
+        ),
+    )
+
+
+def _label_candidates(ax: Axes, text: Any, pts: np.ndarray, renderer) -> tuple:
+    """The places a label may take along its arrow, as oriented boxes.
+
+    Args:
+      ax: the cell's axes.
+      text: the label's text artist (its size is measured).
+      pts: ``[n, 2]`` display points along the arrow.
+      renderer: the canvas renderer.
+
+    Returns:
+      ``(centres [k, 2], unit axes [k, 2], half lengths [k], half heights [k])``
+      for the ``k = len(_LABEL_FRACTIONS)`` candidates, in display units; the unit
+      axes point left to right.
+    """
+    pad = 0.22 * _LABEL_FONTSIZE / 72 * ax.figure.dpi + 2.0  # bbox pad + margin, px
+    ext = text.get_window_extent(renderer)
+    k = np.rint(_LABEL_FRACTIONS * (len(pts) - 1)).astype(int)
+    d = pts[np.minimum(k + 4, len(pts) - 1)] - pts[np.maximum(k - 4, 0)]
+    u = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+    u[u[:, 0] < 0] *= -1  # read left to right
+    n = len(k)
+    return (
+        pts[k],
+        u,
+        np.full(n, ext.width / 2 + pad),
+        np.full(n, ext.height / 2 + pad),
+    )
+
+
+def _node_oboxes(node_boxes: Sequence[np.ndarray]) -> tuple:
+    """The node boxes (corners in display units), grown by 2 px, as oriented boxes."""
+    return tuple(
         np.array(x)
         for x in zip(
             *[
@@ -530,36 +601,66 @@ def _place_labels(ax: Axes, cell: _CellLayout, routes, node_boxes, renderer) -> 
             strict=True,
         )
     )
-    static = {}
-    for i in labelled:
-        c, u, w, h = cands[i]
-        v = np.stack([-u[:, 1], u[:, 0]], -1)
-        cost = np.abs(fractions - 0.5)
-        for sx in (-1, 1):
-            for sy in (-1, 1):
-                corner = c + sx * w[:, None] * u + sy * h[:, None] * v
-                out = (
-                    (corner[:, 0] < axbox.x0)
-                    | (corner[:, 0] > axbox.x1)
-                    | (corner[:, 1] < axbox.y0)
-                    | (corner[:, 1] > axbox.y1)
-                )
-                cost = cost + 1000 * out
-        cost = cost + 1000 * _obox_overlaps(cands[i], nodes).sum(1)
-        for j, pts in enumerate(routes):
-            if j != i:
-                rel = pts[None] - c[:, None]
-                along = np.abs((rel * u[:, None]).sum(-1)) < w[:, None]
-                across = np.abs((rel * v[:, None]).sum(-1)) < h[:, None]
-                covered = (along & across).sum(1)
-                cost = cost + (covered > 0) * 30 + 0.01 * covered
-        static[i] = cost
-    clash = {
-        (i, j): 1000.0 * _obox_overlaps(cands[i], cands[j])
-        for i in labelled
-        for j in labelled
-        if i != j
-    }
+
+
+def _static_label_cost(
+    i: int, cand: tuple, axbox: Any, nodes: tuple, routes: Sequence[np.ndarray]
+) -> np.ndarray:
+    """``[k]`` costs of the candidates of label ``i`` that ignore the other labels.
+
+    Args:
+      i: the index of the labelled edge.
+      cand: its candidates (see :func:`_label_candidates`).
+      axbox: the axes' display extent (a label crossing it is prohibitive).
+      nodes: the node boxes (see :func:`_node_oboxes`; overlap is prohibitive).
+      routes: display points along every arrow; covering another arrow costs 30
+        plus 0.01 per covered point.
+
+    Returns:
+      The cost of each candidate, plus its distance from the arrow's middle.
+    """
+    c, u, w, h = cand
+    v = np.stack([-u[:, 1], u[:, 0]], -1)
+    cost = np.abs(_LABEL_FRACTIONS - 0.5)
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            corner = c + sx * w[:, None] * u + sy * h[:, None] * v
+            out = (
+                (corner[:, 0] < axbox.x0)
+                | (corner[:, 0] > axbox.x1)
+                | (corner[:, 1] < axbox.y0)
+                | (corner[:, 1] > axbox.y1)
+            )
+            cost = cost + _PROHIBITIVE * out
+    cost = cost + _PROHIBITIVE * _obox_overlaps(cand, nodes).sum(1)
+    for j, pts in enumerate(routes):
+        if j != i:
+            rel = pts[None] - c[:, None]
+            along = np.abs((rel * u[:, None]).sum(-1)) < w[:, None]
+            across = np.abs((rel * v[:, None]).sum(-1)) < h[:, None]
+            covered = (along & across).sum(1)
+            cost = cost + (covered > 0) * 30 + 0.01 * covered
+    return cost
+
+
+def _choose_labels(
+    labelled: Sequence[int],
+    static: Mapping[int, np.ndarray],
+    clash: Mapping[tuple[int, int], np.ndarray],
+) -> dict[int, int]:
+    """The candidate of each label that minimises the total cost.
+
+    Coordinate descent from a greedy start in the edges' order and from 7 greedy
+    starts in seeded random orders; the cheapest result wins.
+
+    Args:
+      labelled: the indices of the labelled edges.
+      static: ``[k]`` costs per label (see :func:`_static_label_cost`).
+      clash: ``[k, k]`` costs per ordered pair of labels: their overlaps.
+
+    Returns:
+      The chosen candidate index per label.
+    """
 
     def local(i, choice) -> np.ndarray:
         c = static[i].copy()
@@ -588,11 +689,7 @@ def _place_labels(ax: Axes, cell: _CellLayout, routes, node_boxes, renderer) -> 
         )
         if total < best_cost:
             best, best_cost = dict(choice), total
-    inv = ax.transData.inverted()
-    for i in labelled:
-        centre, u = cands[i][0][best[i]], cands[i][1][best[i]]
-        texts[i].set_position(tuple(inv.transform(centre)))
-        texts[i].set_rotation(float(np.degrees(np.arctan2(u[1], u[0]))))
+    return best
 
 
 def _compose(rows: Sequence[tuple[str | None, Genotype]], title: str | None) -> Figure:
@@ -601,15 +698,14 @@ def _compose(rows: Sequence[tuple[str | None, Genotype]], title: str | None) -> 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cells = []
-    for name, genotype in rows:
-        cells.append(
-            (
-                name,
-                _layout_cell(genotype.normal, genotype.normal_concat),
-                _layout_cell(genotype.reduce, genotype.reduce_concat),
-            )
+    cells = [
+        (
+            name,
+            _layout_cell(genotype.normal, genotype.normal_concat),
+            _layout_cell(genotype.reduce, genotype.reduce_concat),
         )
+        for name, genotype in rows
+    ]
     w_normal = max(c[1].width_in for c in cells)
     w_reduce = max(c[2].width_in for c in cells)
     width = w_normal + _COLUMN_GAP + w_reduce + 0.2
@@ -636,46 +732,74 @@ def _compose(rows: Sequence[tuple[str | None, Genotype]], title: str | None) -> 
     y_top = height - top
     axes = []
     for (name, normal, reduce), row_h in zip(cells, row_heights, strict=True):
-        if name:
-            fig.text(
-                0.1 / width,
-                (y_top - _ROW_TITLE_H / 2) / height,
-                name,
-                ha="left",
-                va="center",
-                fontsize=12,
-                fontweight="bold",
-            )
-        body = row_h - _SUBTITLE_H - (_ROW_TITLE_H if name else 0)
-        body_top = y_top - (_ROW_TITLE_H if name else 0) - _SUBTITLE_H
-        for x0, col_w, cell, sub in (
+        columns = (
             (0.1, w_normal, normal, "normal cell"),
             (0.1 + w_normal + _COLUMN_GAP, w_reduce, reduce, "reduction cell"),
-        ):
-            left = x0 + (col_w - cell.width_in) / 2
-            bottom = body_top - body / 2 - cell.height_in / 2
-            ax = fig.add_axes(
-                (
-                    left / width,
-                    bottom / height,
-                    cell.width_in / width,
-                    cell.height_in / height,
-                )
-            )
-            axes.append((ax, cell))
-            # The subplot title sits at the top of the row, also above a short cell.
-            fig.text(
-                (x0 + col_w / 2) / width,
-                (body_top + _SUBTITLE_H / 2) / height,
-                sub,
-                ha="center",
-                va="center",
-                fontsize=11,
-            )
+        )
+        axes += _add_row(fig, (width, height), name, columns, y_top, row_h)
         y_top -= row_h
     for ax, cell in axes:
         _draw_cell(ax, cell, renderer)
     return fig
+
+
+def _add_row(
+    fig: Figure,
+    size: tuple[float, float],
+    name: str | None,
+    columns: Sequence[tuple[float, float, _CellLayout, str]],
+    y_top: float,
+    row_h: float,
+) -> list[tuple[Axes, _CellLayout]]:
+    """Adds one genotype's row: its name, and an empty axes and subtitle per cell.
+
+    Args:
+      fig: the figure.
+      size: the figure's width and height, in inches.
+      name: the row's title, or ``None`` for none.
+      columns: ``(left, column width, cell, subtitle)`` per cell, in inches.
+      y_top: the top of the row, in inches from the figure's bottom.
+      row_h: the row's height, in inches.
+
+    Returns:
+      ``(axes, cell)`` per column, the axes still to be drawn into.
+    """
+    width, height = size
+    if name:
+        fig.text(
+            0.1 / width,
+            (y_top - _ROW_TITLE_H / 2) / height,
+            name,
+            ha="left",
+            va="center",
+            fontsize=12,
+            fontweight="bold",
+        )
+    body = row_h - _SUBTITLE_H - (_ROW_TITLE_H if name else 0)
+    body_top = y_top - (_ROW_TITLE_H if name else 0) - _SUBTITLE_H
+    axes = []
+    for x0, col_w, cell, sub in columns:
+        left = x0 + (col_w - cell.width_in) / 2
+        bottom = body_top - body / 2 - cell.height_in / 2
+        ax = fig.add_axes(
+            (
+                left / width,
+                bottom / height,
+                cell.width_in / width,
+                cell.height_in / height,
+            )
+        )
+        axes.append((ax, cell))
+        # The subplot title sits at the top of the row, also above a short cell.
+        fig.text(
+            (x0 + col_w / 2) / width,
+            (body_top + _SUBTITLE_H / 2) / height,
+            sub,
+            ha="center",
+            va="center",
+            fontsize=11,
+        )
+    return axes
 
 
 def _save(fig: Figure, path_stem: str | Path) -> tuple[Path, Path]:

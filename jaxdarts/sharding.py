@@ -35,7 +35,16 @@ same program and builds the same host values (same seed); :func:`replicate`,
 :func:`shard_axis` and :func:`put` then place only each process's own slices
 (:func:`global_array`), :func:`fetch` brings results back (gathering split arrays
 over processes), :func:`barrier` waits for every process with a time-out, and
-:func:`is_writer` (process 0) says which process writes files.
+:func:`is_writer` (process 0) says which process writes files. Example with two
+GPU hosts, process 0 on ``10.0.0.1``::
+
+    # on host 10.0.0.1
+    JAXDARTS_COORDINATOR=10.0.0.1:12345 JAXDARTS_NUM_PROCESSES=2 \\
+    JAXDARTS_PROCESS_ID=0 python -m jaxdarts.search ... --devices 16
+    # on the second host: the same with JAXDARTS_PROCESS_ID=1
+
+Every process runs the same program on the same data; each places only its own
+devices' share of every global array (:func:`global_array`).
 """
 
 from __future__ import annotations
@@ -320,7 +329,12 @@ ENV_BARRIER_TIMEOUT = "JAXDARTS_BARRIER_TIMEOUT"
 #: Open MPI, Cloud TPU) without ``JAXDARTS_COORDINATOR``.
 ENV_DISTRIBUTED = "JAXDARTS_DISTRIBUTED"
 
-#: Defaults (seconds): JAX's own for the first three.
+#: Time-out defaults (seconds), each overridden by its environment variable:
+#: ``JAXDARTS_INIT_TIMEOUT`` (how long to wait for every process to connect),
+#: ``JAXDARTS_HEARTBEAT_TIMEOUT`` (a process silent that long is declared dead and
+#: the others stop), ``JAXDARTS_SHUTDOWN_TIMEOUT`` (how long the processes wait for
+#: each other at exit; these three defaults are JAX's own) and
+#: ``JAXDARTS_BARRIER_TIMEOUT`` (:func:`barrier`).
 DEFAULT_TIMEOUTS = {"init": 300, "heartbeat": 100, "shutdown": 300, "barrier": 600}
 
 _MANAGED_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_ID")
@@ -401,22 +415,8 @@ def initialize_distributed(
     them itself; otherwise set ``JAXDARTS_COORDINATOR`` (``host:port`` of process 0),
     ``JAXDARTS_NUM_PROCESSES`` and ``JAXDARTS_PROCESS_ID`` (and optionally
     ``JAXDARTS_LOCAL_DEVICE_IDS``, e.g. ``0,1``: the GPUs of this host this process
-    uses). Example with two GPU hosts, process 0 on ``10.0.0.1``::
-
-        # on host 10.0.0.1
-        JAXDARTS_COORDINATOR=10.0.0.1:12345 JAXDARTS_NUM_PROCESSES=2 \\
-        JAXDARTS_PROCESS_ID=0 python -m jaxdarts.search ... --devices 16
-        # on the second host: the same with JAXDARTS_PROCESS_ID=1
-
-    (``python -m jaxdarts.launch`` does this for N processes on one machine.)
-    Every process runs the same program on the same data; each places only its own
-    devices' share of every global array (:func:`global_array`).
-
-    Time-outs (seconds, environment): ``JAXDARTS_INIT_TIMEOUT`` (default 300: how
-    long to wait for every process to connect), ``JAXDARTS_HEARTBEAT_TIMEOUT``
-    (100: a process silent that long is declared dead and the others stop),
-    ``JAXDARTS_SHUTDOWN_TIMEOUT`` (300: how long the processes wait for each other
-    at exit) and ``JAXDARTS_BARRIER_TIMEOUT`` (600: :func:`barrier`).
+    uses). The module docstring shows a two-host example; the time-outs are read
+    from the environment (:data:`DEFAULT_TIMEOUTS`).
 
     Args:
       coordinator_address: ``host:port`` of process 0.
@@ -436,34 +436,74 @@ def initialize_distributed(
         (SIGABRT, ``DEADLINE_EXCEEDED``); the clear message is printed to stderr
         just before.
     """
-    env = os.environ
-    coordinator_address = coordinator_address or env.get(ENV_COORDINATOR) or None
+    settings = _process_settings(
+        coordinator_address, num_processes, process_id, local_device_ids
+    )
+    n, rank = settings["num_processes"], settings["process_id"]
+    managed = any(k in os.environ for k in _MANAGED_ENV)
+    alone = settings["coordinator_address"] is None and n in (None, 1)
+    if alone and not managed and not force:
+        return False
+    if n is not None and rank is not None and not 0 <= rank < n:
+        raise ValueError(
+            f"{ENV_PROCESS_ID}={rank} must be in [0, {n}) ({ENV_NUM_PROCESSES}={n})"
+        )
+    _connect(settings, {k: _timeout(k) for k in DEFAULT_TIMEOUTS})
+    return True
+
+
+def _process_settings(
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    local_device_ids: list[int] | None,
+) -> dict[str, Any]:
+    """The arguments of :func:`initialize_distributed`, the missing ones read from
+    the environment (``JAXDARTS_*``).
+
+    Returns:
+      ``jax.distributed.initialize``'s keyword arguments ``coordinator_address``,
+      ``num_processes``, ``process_id`` and ``local_device_ids`` (``None`` where
+      neither given nor set).
+
+    Raises:
+      ValueError: a malformed environment variable (named in the message).
+    """
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR)
     if num_processes is None:
         num_processes = _env_int(ENV_NUM_PROCESSES, None)
     if process_id is None:
         process_id = _env_int(ENV_PROCESS_ID, None)
     if local_device_ids is None:
         local_device_ids = _local_device_ids()
-    managed = any(k in env for k in _MANAGED_ENV)
-    alone = coordinator_address is None and num_processes in (None, 1)
-    if alone and not managed and not force:
-        return False
-    if num_processes is not None and process_id is not None:
-        if not 0 <= process_id < num_processes:
-            raise ValueError(
-                f"{ENV_PROCESS_ID}={process_id} must be in [0, {num_processes}) "
-                f"({ENV_NUM_PROCESSES}={num_processes})"
-            )
-    timeouts = {k: _timeout(k) for k in DEFAULT_TIMEOUTS}
+    return {
+        "coordinator_address": coordinator_address or None,
+        "num_processes": num_processes,
+        "process_id": process_id,
+        "local_device_ids": local_device_ids,
+    }
+
+
+def _connect(settings: dict[str, Any], timeouts: dict[str, int]) -> None:
+    """Calls ``jax.distributed.initialize``; a failure becomes a clear message.
+
+    Args:
+      settings: see :func:`_process_settings`.
+      timeouts: seconds per kind (see :data:`DEFAULT_TIMEOUTS`).
+
+    Raises:
+      RuntimeError: connecting failed at once. When the init time-out expires JAX
+        aborts the process instead, so the same message is printed to stderr by a
+        timer just before.
+    """
+    n, rank = settings["num_processes"], settings["process_id"]
     message = (
-        f"process {process_id} of {num_processes} could not join the run at "
-        f"coordinator {coordinator_address} within {timeouts['init']} s "
-        f"({ENV_INIT_TIMEOUT}): check that all {num_processes} processes were "
+        f"process {rank} of {n} could not join the run at "
+        f"coordinator {settings['coordinator_address']} within {timeouts['init']} s "
+        f"({ENV_INIT_TIMEOUT}): check that all {n} processes were "
         f"started with the same {ENV_COORDINATOR} and distinct {ENV_PROCESS_ID}s, "
         "and that process 0 is reachable"
     )
-    # JAX aborts the process (SIGABRT, "DEADLINE_EXCEEDED") when the time-out
-    # expires, so the clear message is printed by a timer just before that.
     warn = threading.Timer(
         max(0.5, timeouts["init"] - 1.0),
         lambda: print(f"error: {message}", file=sys.stderr, flush=True),
@@ -472,10 +512,7 @@ def initialize_distributed(
     warn.start()
     try:
         jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes,
-            process_id=process_id,
-            local_device_ids=local_device_ids,
+            **settings,
             initialization_timeout=timeouts["init"],
             heartbeat_timeout_seconds=timeouts["heartbeat"],
             shutdown_timeout_seconds=timeouts["shutdown"],
@@ -484,7 +521,6 @@ def initialize_distributed(
         raise RuntimeError(f"{message} ({e})") from e
     finally:
         warn.cancel()
-    return True
 
 
 def maybe_initialize_distributed() -> bool:

@@ -63,10 +63,11 @@ def disc(digits):
 @pytest.fixture(scope="module")
 def cont(digits):
     # One sweep per episode, a weight step at the end of every sweep: 28-step
-    # episodes that exercise the grad observation and the weight step.
+    # episodes that exercise the grad observation and the weight step. Search space
+    # s2 (skip_connect, sep_conv_3x3): small programs, quick compiles.
     cfg = E.EnvConfig(
         kind="continuous",
-        net=NET,
+        net=dataclasses.replace(NET, space="s2"),
         reward=RewardConfig("acc"),
         batch_size=16,
         crop_pad=1,
@@ -309,21 +310,22 @@ def test_continuous_vmap_lockstep_and_single_envs_agree(cont):
 
 def test_continuous_steps_frames_and_weight_step_timing(cont):
     cfg, params = cont
+    k = cfg.num_ops
     step = _jit_step()
     obs, st = E.reset(jax.random.key(0), params)
-    assert obs.shape == (3, 2 * 2 * 14 * 8)
+    assert obs.shape == (3, 2 * 2 * 14 * k)
     # Reset fills every frame with the reset obs; the gradient part is zero.
     np.testing.assert_array_equal(obs[0], obs[2])
-    frame = np.asarray(obs[0]).reshape(4, 14, 8)
+    frame = np.asarray(obs[0]).reshape(4, 14, k)
     assert np.all(frame[1] == 0) and np.all(frame[3] == 0)
     w0, a0 = st.variables, np.asarray(st.alpha_normal)
-    action = jnp.ones((8,)) * 2.0  # clipped to 1 -> alpha += 0.01
+    action = jnp.ones((k,)) * 2.0  # clipped to 1 -> alpha += 0.01
     obs, st1, r, term, _, _ = step(jax.random.key(1), st, action, params)
     d = np.asarray(st1.alpha_normal) - a0
     np.testing.assert_allclose(d[0], 0.01, atol=1e-6)  # edge 0 of the normal cell
     np.testing.assert_array_equal(d[1:], 0.0)
     # The gradient part is filled (layers=1: the only cell is a reduction cell).
-    assert not np.allclose(np.asarray(obs[-1]).reshape(4, 14, 8)[3], 0.0)
+    assert not np.allclose(np.asarray(obs[-1]).reshape(4, 14, k)[3], 0.0)
     np.testing.assert_array_equal(obs[0], obs[1])  # older frames shift in
     for t in range(1, 27):
         obs, st1, r, term, _, _ = step(jax.random.key(1 + t), st1, action, params)
@@ -437,7 +439,8 @@ def test_grad_obs_reward_goes_through_the_guard(cont):
     bad = _nan_params(params)
     _, st = E.reset(jax.random.key(0), bad)
     for t in range(28):
-        _, st, r, term, _, info = step(jax.random.key(t), st, jnp.zeros(8), bad)
+        action = jnp.zeros(cfg.num_ops)
+        _, st, r, term, _, info = step(jax.random.key(t), st, action, bad)
     assert bool(term) and not bool(info["valid"])
     assert float(info["raw_reward"]) == INVALID_REWARD["acc"] == float(r)
 

@@ -22,12 +22,14 @@ import pytest
 from jaxdarts import build, search
 
 
-def _meta(ds, layers: int, split_seed: int, swap_cells: bool = False) -> dict:
+def _meta(
+    ds, layers: int, split_seed: int, swap_cells: bool = False, space: str = "darts"
+) -> dict:
     from jaxdarts import checkpoint as ckpt
 
     return {
         "format": ckpt.SUPERNET_FORMAT,
-        "space": "darts",
+        "space": space,
         "channels": 4,
         "layers": layers,
         "num_classes": 10,
@@ -51,15 +53,22 @@ def digits():
     return load_dataset("digits")
 
 
-def _save(path: Path, ds, split_seed: int, swap_cells: bool = False, layers: int = 1):
+def _save(
+    path: Path,
+    ds,
+    split_seed: int,
+    swap_cells: bool = False,
+    layers: int = 1,
+    space: str = "darts",
+):
     from jaxdarts import checkpoint as ckpt
     from jaxdarts.supernet import Supernet, SupernetConfig
 
-    net = Supernet(
-        SupernetConfig(channels=4, layers=layers, num_classes=10, swap_cells=swap_cells)
+    cfg = SupernetConfig(
+        space=space, channels=4, layers=layers, num_classes=10, swap_cells=swap_cells
     )
-    variables = net.init(jax.random.key(3), ds.image_shape)
-    meta = _meta(ds, layers, split_seed, swap_cells)
+    variables = Supernet(cfg).init(jax.random.key(3), ds.image_shape)
+    meta = _meta(ds, layers, split_seed, swap_cells, space)
     ckpt.save_supernet(path / "supernet", variables, meta)
     return path, variables
 
@@ -233,9 +242,10 @@ def test_score_original_flavour_takes_the_env_batch(ckpt0, digits):
 
 # ------------------------------------------------------------------ final rollout
 @pytest.mark.slow  # compiles the PPO init and a weight-step rollout
-def test_final_rollout_uses_the_drifted_weights(ckpt0, digits):
+def test_final_rollout_uses_the_drifted_weights(tmp_path, digits):
     """A 1-cell C=4 cont-loss-step search: its final reward is computed on the
     supernet weights of the run's final env state, not on the initial ones.
+    Search space s2 (2 ops per edge): a small program, a quick compile.
 
     The weight step's drift is stood in for by other weights in the env state (no
     PPO chunk to compile); with ``weight_step_period=2`` and one sweep the rollout's
@@ -247,12 +257,14 @@ def test_final_rollout_uses_the_drifted_weights(ckpt0, digits):
     from jaxdarts.ppo import evaluate_policy
     from jaxdarts.rewards import RewardConfig, score_one
 
+    pre = _save(tmp_path / "pre", digits, split_seed=0, space="s2")[0]
     cfg = search.make_config(
         "cont-loss-step",
         "quick",
         **{
+            "supernet.space": "s2",
             "supernet.layers": 1,
-            "supernet.checkpoint": str(ckpt0[0]),
+            "supernet.checkpoint": str(pre),
             "env.num_envs": 2,
             "env.batch_size": 16,
             "env.sweeps": 1,
@@ -325,5 +337,3 @@ base = ["--preset", "quick", "--set", "supernet.layers=1", "--num-envs", "4",
 for n in (1, 4):
     assert search.main(base + ["--devices", str(n), "--out", f"{out}/d{n}"]) == 0
 """
-
-

@@ -6,6 +6,9 @@ imported, so every check runs in a fresh Python subprocess that writes its resul
 and the 4-device version (a 1-device mesh in the same process), so the compile of
 each program happens once per device count.
 
+Search space s2 (2 ops per edge) everywhere a supernet is built: small programs,
+quick compiles; the sharding does not depend on the ops.
+
 Tolerances: float leaves ``rtol=1e-5, atol=1e-6`` (sharded reductions, e.g. the
 all-reduced gradient mean or batch-norm statistics, sum in another order); integer,
 bool and PRNG-key leaves exactly; a checkpoint round trip exactly.
@@ -71,7 +74,7 @@ _SEARCH = textwrap.dedent(
     _, va = split_indices(len(ds.train_images), 0)
     cfg = E.EnvConfig(
         kind="discrete",
-        net=SupernetConfig(channels=4, layers=1, impl="xla"),
+        net=SupernetConfig(space="s2", channels=4, layers=1, impl="xla"),
         reward=RewardConfig(kind="nwot", path="dense"),
         batch_size=16, crop_pad=1,
     )
@@ -119,60 +122,44 @@ _SEARCH = textwrap.dedent(
     """
 )
 
-_PRETRAIN = textwrap.dedent(
-    """
-    from jaxdarts import config as C, tasks, training as T
-    from jaxdarts.data import load_dataset
-
-    ds = load_dataset("digits")
-    over = {"supernet.channels": 4, "supernet.layers": 1, "train.batch_size": 16}
-    config = C.load("pretrain", preset="quick", overrides=over)
-    task = tasks.supernet_task(config, ds.num_classes)
-    setup = T.make_setup(config, ds.image_shape, 400, ds.mean, ds.std)
-    state0 = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
-    x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
-    step = jax.jit(T.train_step, static_argnames=("task", "setup"))
-    info = {}
-    for n in (1, 4):
-        mesh = S.make_mesh(n)
-        s = S.replicate(state0, mesh)
-        x, y = S.shard_batch(x0, y0, mesh)
-        info[f"x_spec{n}"] = spec(x)
-        for _ in range(2):
-            hyper = {"lr": jnp.float32(0.05)}
-            s, m = step(s, x, y, jax.random.key(3), hyper, task=task, setup=setup)
-        save(f"pretrain{n}", (s, m))
-        info[f"param_specs{n}"] = specs(s.params)
-    json.dump(info, open(f"{OUT}/info.json", "w"))
-    """
-)
-
-_EVALNET = textwrap.dedent(
+# Two weight steps of the supernet (train-mode BN) and of the evaluation network
+# (dropout, drop-path), each with the batch on 1 device and split 4 ways.
+_TRAIN_STEPS = textwrap.dedent(
     """
     from jaxdarts import config as C, tasks, training as T
     from jaxdarts.data import load_dataset
     from jaxdarts.genotypes import get_genotype, to_json_dict
 
     ds = load_dataset("digits")
+    x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
+    step = jax.jit(T.train_step, static_argnames=("task", "setup"))
+    info = {}
+
+    def steps(name, config, task, hyper):
+        setup = T.make_setup(config, ds.image_shape, 400, ds.mean, ds.std)
+        state0 = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
+        for n in (1, 4):
+            mesh = S.make_mesh(n)
+            s = S.replicate(state0, mesh)
+            x, y = S.shard_batch(x0, y0, mesh)
+            info[f"{name}_x_spec{n}"] = spec(x)
+            for _ in range(2):
+                s, m = step(s, x, y, jax.random.key(3), hyper, task=task, setup=setup)
+            save(f"{name}{n}", (s, m))
+            info[f"{name}_param_specs{n}"] = specs(s.params)
+
+    over = {"supernet.space": "s2", "supernet.channels": 4, "supernet.layers": 1,
+            "train.batch_size": 16}
+    config = C.load("pretrain", preset="quick", overrides=over)
+    task = tasks.supernet_task(config, ds.num_classes)
+    steps("pretrain", config, task, {"lr": jnp.float32(0.05)})
     over = {"genotype": to_json_dict(get_genotype("disc-nwot")), "net.channels": 4,
             "net.layers": 1, "train.batch_size": 16, "net.identity_dropout": 0.2,
             "net.drop_path": 0.2}
     config = C.load("train", preset="quick", overrides=over)
     task = tasks.evalnet_task(config, ds.num_classes)
-    setup = T.make_setup(config, ds.image_shape, 400, ds.mean, ds.std)
-    state0 = T.create_state(task, jax.random.key(0), ds.image_shape, setup)
-    x0, y0 = ds.train_images[:16], ds.train_labels[:16].astype(np.int32)
-    step = jax.jit(T.train_step, static_argnames=("task", "setup"))
-    info = {}
-    for n in (1, 4):
-        mesh = S.make_mesh(n)
-        s = S.replicate(state0, mesh)
-        x, y = S.shard_batch(x0, y0, mesh)
-        for _ in range(2):
-            hyper = {"lr": jnp.float32(0.05), "drop_path": jnp.float32(0.1)}
-            s, m = step(s, x, y, jax.random.key(3), hyper, task=task, setup=setup)
-        save(f"evalnet{n}", (s, m))
-        info[f"param_specs{n}"] = specs(s.params)
+    hyper = {"lr": jnp.float32(0.05), "drop_path": jnp.float32(0.1)}
+    steps("evalnet", config, task, hyper)
     json.dump(info, open(f"{OUT}/info.json", "w"))
     """
 )
@@ -240,19 +227,14 @@ def test_search_chunk_and_checkpoints(tmp_path: Path) -> None:
     _assert_trees_close(tmp_path / "resumed1to4.npz", tmp_path / "continued4.npz")
 
 
-def test_pretrain_step_data_parallel(tmp_path: Path) -> None:
-    """Two supernet weight steps with the batch split 4 ways (train-mode BN)."""
-    info = _run(_PRETRAIN, tmp_path)
-    assert info["x_spec4"][0] == "data"
-    assert info["param_specs4"] == ["()"]
-    _assert_trees_close(tmp_path / "pretrain4.npz", tmp_path / "pretrain1.npz")
-
-
-def test_evalnet_step_data_parallel(tmp_path: Path) -> None:
-    """Two evaluation-network steps (dropout, drop-path) with the batch split 4 ways."""
-    info = _run(_EVALNET, tmp_path)
-    assert info["param_specs4"] == ["()"]
-    _assert_trees_close(tmp_path / "evalnet4.npz", tmp_path / "evalnet1.npz")
+def test_train_steps_data_parallel(tmp_path: Path) -> None:
+    """Supernet (train-mode BN) and evaluation-network (dropout, drop-path) weight
+    steps with the batch split 4 ways equal the 1-device steps."""
+    info = _run(_TRAIN_STEPS, tmp_path)
+    for name in ("pretrain", "evalnet"):
+        assert info[f"{name}_x_spec4"][0] == "data"
+        assert info[f"{name}_param_specs4"] == ["()"]
+        _assert_trees_close(tmp_path / f"{name}4.npz", tmp_path / f"{name}1.npz")
 
 
 def test_search_cli_devices(tmp_path: Path) -> None:
@@ -274,6 +256,8 @@ def test_search_cli_devices(tmp_path: Path) -> None:
         "env.reward_path=dense",
         "--set",
         "supernet.layers=1",
+        "--space",
+        "s2",
         "--out",
         str(out),
     ]

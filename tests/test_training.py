@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_trees_equal
 
 from jaxdarts import training as T
 from jaxdarts.runs import RunDir
@@ -89,14 +90,6 @@ def _state(job: T.Job) -> T.TrainState:
     return T.create_state(job.task, jax.random.key(1), (8, 8, 1), job.setup)
 
 
-def _assert_trees_equal(a, b) -> None:
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for p, q in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(p), np.asarray(q))
-
-
 def test_cosine_lr_per_epoch():
     for e in range(EPOCHS + 1):
         want = 0.01 + 0.5 * (0.1 - 0.01) * (1 + math.cos(math.pi * e / EPOCHS))
@@ -164,7 +157,7 @@ def test_fit_resume_is_bitwise_exact(digits, tmp_path):
     assert not c.interrupted and not c.finished and (c.epoch, c.step) == (2, 0)
     d = T.fit(split, _state(split), resume=True)
     assert d.finished
-    _assert_trees_equal(d.state, a.state)
+    assert_trees_equal(d.state, a.state)
     assert _records(split.rundir.path) == _records(straight.rundir.path)
     assert (d.best_acc, d.best_epoch) == (a.best_acc, a.best_epoch)
     records = straight.rundir.read_metrics()

@@ -37,6 +37,7 @@ from jaxdarts.ppo.train import (
     collect_rollout,
     episode_metrics,
     make_train,
+    scan_updates,
 )
 
 __all__ = ["uniform_act", "uniform_entropy", "random_update", "make_random"]
@@ -108,13 +109,6 @@ def make_random(
     :func:`jaxdarts.ppo.make_train` (same init, same state, same env steps per
     update; only ``config.n_steps`` of ``config`` is used)."""
     init_fn, _ = make_train(config, env, track_fn)
-    update = functools.partial(random_update, config, env, track_fn)
-
-    def chunk_fn(
-        state: TrainState, env_params: PyTree, num_updates: int
-    ) -> tuple[TrainState, dict[str, jax.Array]]:
-        return jax.lax.scan(
-            lambda s, _: update(s, env_params), state, None, length=num_updates
-        )
-
-    return init_fn, chunk_fn
+    return init_fn, scan_updates(
+        functools.partial(random_update, config, env, track_fn)
+    )

@@ -572,7 +572,17 @@ def make_train(
             track=track_init,
         )
 
-    update = functools.partial(update_step, config, env, tx, track_fn)
+    return init_fn, scan_updates(
+        functools.partial(update_step, config, env, tx, track_fn)
+    )
+
+
+def scan_updates(
+    update: Callable[[TrainState, PyTree], tuple[TrainState, dict[str, jax.Array]]],
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """``chunk_fn(state, env_params, num_updates)``: ``num_updates`` calls of
+    ``update(state, env_params)`` in one ``lax.scan`` (metrics stacked on a leading
+    ``[num_updates]`` axis; ``num_updates`` must be static)."""
 
     def chunk_fn(
         state: TrainState, env_params: PyTree, num_updates: int
@@ -581,7 +591,7 @@ def make_train(
             lambda s, _: update(s, env_params), state, None, length=num_updates
         )
 
-    return init_fn, chunk_fn
+    return chunk_fn
 
 
 def make_train_seeds(
