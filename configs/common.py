@@ -18,9 +18,9 @@ QUICK_SUPERNET = {"channels": 4, "layers": 3}
 #: Search spaces a supernet can be built for.
 SPACES = ("darts", "s1", "s2", "s3", "s4", "nas-bench-201")
 
-#: Forms of the depthwise conv / pooling ops (``auto``: ``loop`` on CPU, ``xla``
+#: Forms of the depthwise conv / pooling ops (``auto``: ``fused`` on CPU, ``xla``
 #: elsewhere).
-IMPLS = ("auto", "loop", "shift", "xla")
+IMPLS = ("auto", "fused", "loop", "shift", "xla")
 
 #: Reward kinds and NWOT flavours.
 REWARDS = ("nwot", "acc", "loss")
@@ -43,7 +43,7 @@ SUPERNET_SCHEMA = {
 
 #: What ``supernet.impl`` means (every command that builds a supernet).
 IMPL_HELP = (
-    "depthwise conv / pooling form of the ops (auto: loop on CPU, xla elsewhere)"
+    "depthwise conv / pooling form of the ops (auto: fused on CPU, xla elsewhere)"
 )
 
 
