@@ -322,7 +322,6 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
-        axes = tuple(range(x.ndim - 1))
         ra_mean = self.variable(
             "batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32)
         )
@@ -333,9 +332,8 @@ class BatchNorm(nn.Module):
             scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
             bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         if train:
-            y, mean, var = _batch_norm_train(x, self.epsilon, scale, bias) if (
-                self.affine
-            ) else _batch_norm_train(x, self.epsilon)
+            affine = (scale, bias) if self.affine else ()
+            y, mean, var = _batch_norm_train(x, self.epsilon, *affine)
             if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
                 n = x.size // c
                 m = self.momentum

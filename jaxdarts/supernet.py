@@ -600,34 +600,24 @@ class Supernet:
             edge_keys = jax.random.split(cell_key, NUM_EDGES)
             cell_bs = {"pre0": b0, "pre1": b1, "edges": {}}
             arch = jnp.asarray(arch)
-            if self._edge_impl() == "unroll":
-                nodes, st, cell_bs["edges"] = self._unrolled_edges(
-                    cell,
-                    cp["edges"],
-                    cb["edges"],
-                    x0,
-                    x1,
-                    arch,
-                    edge_keys,
-                    run,
-                    discrete,
-                    batch,
-                    collect,
-                )
-            else:
-                nodes, st, cell_bs["edges"] = self._scanned_cell(
-                    cell,
-                    cp["edges"],
-                    cb["edges"],
-                    x0,
-                    x1,
-                    arch,
-                    edge_keys,
-                    run,
-                    discrete,
-                    batch,
-                    collect,
-                )
+            edges_fn = (
+                self._unrolled_edges
+                if self._edge_impl() == "unroll"
+                else self._scanned_cell
+            )
+            nodes, st, cell_bs["edges"] = edges_fn(
+                cell,
+                cp["edges"],
+                cb["edges"],
+                x0,
+                x1,
+                arch,
+                edge_keys,
+                run,
+                discrete,
+                batch,
+                collect,
+            )
             if collect:
                 stats = stats + st
             s0, s1 = s1, jnp.concatenate(nodes, axis=-1)
@@ -861,71 +851,48 @@ class Supernet:
 
         # Three layouts: the carry holds all 6 states (normal cells: inputs is None
         # and nodes has 6 entries), or 4 nodes read from the inputs or from the nodes.
-        n_carry = nodes.shape[0]
-        offset = 2 if n_carry == 2 + NUM_NODES else 0
+        offset = 2 if nodes.shape[0] == 2 + NUM_NODES else 0
 
         def read(nodes, s):
             if inputs is not None:
                 return inputs[s]
             return nodes[s - 2 + offset]
 
-        def write(nodes, d, y):
-            return nodes.at[d + offset].add(y)
-
         if discrete:
+            branches = [
+                self._switch_branch(mods, d, run, zero)
+                for d in range(len(self.op_names))
+            ]
 
-            def make_branch(d):
-                name = self.op_names[d]
+            def edge(pe, be, a, x, ke):
+                y, st = lax.switch(a, branches, pe, be, x, ke)
+                return y, st, be
 
-                def branch(pe, be, x, ke):
-                    y, _, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
-                    return y, (st if st is not None else zero)
+        else:
 
-                return branch
-
-            branches = [make_branch(d) for d in range(len(self.op_names))]
-
-            def body(carry, xs):
-                nodes, acc = carry
-                pe, be, a, ke, s_, d_ = xs
-                y, st = lax.switch(a, branches, pe, be, read(nodes, s_), ke)
-                return (write(nodes, d_, y), acc + st), None
-
-            (nodes, st), _ = lax.scan(
-                body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
-            )
-            return nodes, st, gb
-
-        eps = self.config.eps
+            def edge(pe, be, w, x, ke):
+                return self._dense_edge(mods, pe, be, w, x, ke, run, zero)
 
         def body(carry, xs):
             nodes, acc = carry
-            pe, be, w, ke, s_, d_ = xs
-            x = read(nodes, s_)
-            total = None
-            new_b = {}
-            for d, name in enumerate(self.op_names):
-                if name == "none":
-                    continue  # exact zeros
-                active = w[d] > eps
-                y, upd, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
-                contrib = y * jnp.where(active, w[d], 0.0).astype(y.dtype)
-                total = contrib if total is None else total + contrib
-                if name in be:
-                    # Inactive ops do not run in the reference: keep their statistics.
-                    new_b[name] = jax.tree.map(
-                        lambda n, o, a=active: jnp.where(a, n, o), upd, be[name]
-                    )
-                if st is not None:
-                    acc = acc + st.scale(active)
-            if total is None:
-                total = jnp.zeros(nodes.shape[1:], nodes.dtype)
-            return (write(nodes, d_, total), acc), new_b
+            pe, be, a, ke, s_, d_ = xs
+            y, st, new_b = edge(pe, be, a, read(nodes, s_), ke)
+            return (nodes.at[d_ + offset].add(y), acc + st), new_b
 
         (nodes, st), new_b = lax.scan(
             body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
         )
         return nodes, st, new_b
+
+    def _switch_branch(self, mods, d, run, zero):
+        """Branch ``d`` of an edge's ``lax.switch``: ``(y, NwotStats)`` of op ``d``."""
+        name = self.op_names[d]
+
+        def branch(pe, be, x, ke):
+            y, _, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+            return y, (st if st is not None else zero)
+
+        return branch
 
     # ------------------------------------------------------------------ helpers
     def num_params(self, variables: dict[str, Any]) -> int:

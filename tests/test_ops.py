@@ -142,7 +142,9 @@ def test_fused_depthwise_gradient_matches_numpy_and_autodiff(x, stride, k, pad, 
     r = _projection(lambda a: ops.depthwise_conv(a, w, stride, pad, dil, "loop"), x)
     want = numpy_depthwise_grads(x, w, r, stride, pad, dil)
     for impl in ("fused", "loop", "shift"):
-        got = _grads(lambda a, b, i=impl: ops.depthwise_conv(a, b, stride, pad, dil, i), x, w)
+        got = _grads(
+            lambda a, b, i=impl: ops.depthwise_conv(a, b, stride, pad, dil, i), x, w
+        )
         for g, ref in zip(got, want, strict=True):
             np.testing.assert_allclose(np.asarray(g), ref, rtol=1e-5, atol=1e-5)
 
@@ -218,7 +220,9 @@ def test_fused_gradient_under_vmap_and_jit(x):
 
 
 def test_impl_names():
-    assert ops.resolve_impl("auto") == ("fused" if jax.default_backend() == "cpu" else "xla")
+    assert ops.resolve_impl("auto") == (
+        "fused" if jax.default_backend() == "cpu" else "xla"
+    )
     assert ops.resolve_impl("fused") == "fused"
     with pytest.raises(ValueError, match="'fused'"):
         ops.resolve_impl("winograd")
