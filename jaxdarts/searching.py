@@ -312,7 +312,8 @@ def train_loop(run: SearchRun, chunk_jit, state, env_params, ckpt) -> tuple[Any,
             n_chunks += 1
             bar.update(n)
             last = np.asarray(metrics["reward_mean"])[:, -1]
-            bar.set_postfix(reward=f"{np.nanmean(last):.4g}")
+            if np.isfinite(last).any():  # NaN: no episode ended in the update
+                bar.set_postfix(reward=f"{np.nanmean(last):.4g}")
             finished = run.done_updates >= run.total_updates
             if n_chunks % every == 0 or finished or stop.requested:
                 ckpt.save(run.done_updates, state)
