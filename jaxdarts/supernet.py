@@ -865,8 +865,9 @@ class Supernet:
             ]
 
             def edge(pe, be, a, x, ke):
+                # Eval-mode BN statistics do not change: nothing to stack per edge.
                 y, st = lax.switch(a, branches, pe, be, x, ke)
-                return y, st, be
+                return y, st, None
 
         else:
 
@@ -882,7 +883,7 @@ class Supernet:
         (nodes, st), new_b = lax.scan(
             body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
         )
-        return nodes, st, new_b
+        return nodes, st, (gb if discrete else new_b)
 
     def _switch_branch(self, mods, d, run, zero):
         """Branch ``d`` of an edge's ``lax.switch``: ``(y, NwotStats)`` of op ``d``."""
