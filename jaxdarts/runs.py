@@ -420,7 +420,6 @@ def _delete_old(old: Path) -> None:
         raise OSError(f"the old run was moved to {old} but not deleted: {e}") from e
 
 
-
 def _write_new_run(path: Path, saved: dict, env: dict) -> None:
     """Writes a new run's config; an existing run is replaced only once the new
     folder holds its config (built in a hidden sibling, then swapped in)."""
@@ -438,6 +437,7 @@ def _write_new_run(path: Path, saved: dict, env: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path / CONFIG_FILE, saved)
     atomic_write_json(path / ENV_FILE, env)
+
 
 class RunDir:
     """One run's output folder.

@@ -668,7 +668,6 @@ def _plot_partial(run: SearchRun) -> str:
     return " (curves.png so far)"
 
 
-
 def _non_writer_summary(run: SearchRun, results: list[dict[str, Any]]):
     """What a process other than the writer returns (it writes no outputs)."""
     from jaxdarts.genotypes import to_darts_string

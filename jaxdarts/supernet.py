@@ -118,25 +118,53 @@ def _pack_codes(c: jax.Array) -> jax.Array:
     return (bits.astype(jnp.uint32) << shifts).sum(1, dtype=jnp.uint32)
 
 
-def _cross_popcount(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``[Ba, W]``, ``[Bb, W]`` words -> ``[Ba, Bb]`` int32 ``sum popcount(a_i & b_j)``."""
-    if a.shape[0] * b.shape[0] * a.shape[1] * 4 <= 64 * 2**20:
-        both = a[:, None, :] & b[None, :, :]
-        return lax.population_count(both).astype(jnp.int32).sum(-1)
-    return lax.map(
-        lambda w: lax.population_count(b & w[None]).astype(jnp.int32).sum(-1), a
-    )
+#: Words per step of the popcount Gram: ``B * B * chunk`` counts stay in cache.
+_GRAM_ELEMS = 2**21
+
+
+def _cross_words(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``[Ba, W]``, ``[Bb, W]`` words -> ``[Ba, Bb]`` int32 ``sum popcount(a_i & b_j)``.
+
+    The words run in chunks (a ``fori_loop`` when there are several) small enough
+    that the ``[Ba, Bb, chunk]`` pair counts stay in cache; within a chunk, 32 words
+    at a time are summed along a major axis in uint16 (at most 32 * 32 per sum),
+    which XLA:CPU vectorises, and the rest in int32.
+    """
+    ba, bb, w = a.shape[0], b.shape[0], a.shape[1]
+    cap = max(32, _GRAM_ELEMS // (ba * bb) // 32 * 32)
+    steps = -(-w // cap)
+    per_step = -(-w // steps)
+    chunk = -(-per_step // 32) * 32
+    pad = ((0, 0), (0, steps * chunk - w))
+    a, b = jnp.pad(a, pad), jnp.pad(b, pad)
+
+    def block(aw, bw):
+        pc = lax.population_count(aw[:, None, :] & bw[None, :, :]).astype(jnp.uint16)
+        pc = pc.reshape(ba, bb, 32, chunk // 32).sum(2, dtype=jnp.uint16)
+        return pc.astype(jnp.int32).sum(-1)
+
+    if steps == 1:
+        return block(a, b)
+
+    def step(i, acc):
+        aw = lax.dynamic_slice_in_dim(a, i * chunk, chunk, axis=1)
+        bw = lax.dynamic_slice_in_dim(b, i * chunk, chunk, axis=1)
+        return acc + block(aw, bw)
+
+    return lax.fori_loop(0, steps, step, jnp.zeros((ba, bb), jnp.int32))
 
 
 def _gram_words(words: jax.Array) -> jax.Array:
-    """Symmetric popcount Gram of packed rows: each off-diagonal block once."""
+    """Popcount Gram of packed rows; large batches in row blocks of 64."""
     b = words.shape[0]
-    if b < 32:
-        return _cross_popcount(words, words)
-    h = b // 2
-    top, bottom = words[:h], words[h:]
-    cross = _cross_popcount(top, bottom)
-    return jnp.block([[_gram_words(top), cross], [cross.T, _gram_words(bottom)]])
+    if b <= 128:
+        return _cross_words(words, words)
+    rows = -(-b // 64) * 64
+    padded = jnp.pad(words, ((0, rows - b), (0, 0)))
+    blocks = lax.map(
+        lambda r: _cross_words(r, words), padded.reshape(rows // 64, 64, -1)
+    )
+    return blocks.reshape(rows, b)[:b]
 
 
 def _gram_popcount(c: jax.Array) -> jax.Array:
@@ -176,8 +204,9 @@ def codes_to_stats(codes: list[jax.Array], batch: int, impl: str = "auto") -> Nw
             gram = _gram_matmul(positive.astype(jnp.float32))
         else:
             gram = _gram_popcount(positive)
+        # h_i = sum_u c_iu = sum_u c_iu c_iu = G_ii: the codes are read once.
         stats = stats + NwotStats(
-            gram, positive.sum(1, dtype=jnp.int32), jnp.asarray(units, jnp.int32)
+            gram, jnp.diagonal(gram), jnp.asarray(units, jnp.int32)
         )
     return stats
 
@@ -198,6 +227,54 @@ def _memo_stats(
             memo.append((x, hit))
         stats = stats + hit
     return stats
+
+
+class _OpLayout(NamedTuple):
+    """Where one op's variables lie in a row of a flat ``[E, P]`` edge array."""
+
+    start: int
+    size: int
+    treedef: Any
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[Any, ...]
+
+
+def _flatten_edge_vars(tree: dict[str, Any], op_names) -> tuple[jax.Array, dict]:
+    """``{op: subtree of [E, ...] leaves}`` -> ``([E, P] float array, {op: _OpLayout})``.
+
+    Each op's leaves lie contiguously in a row, in ``op_names`` order, so one
+    ``dynamic_slice`` fetches an edge's op variables (:func:`_unflatten_op`).
+    """
+    cols, layout, start, n = [], {}, 0, None
+    for name in op_names:
+        if name not in tree:
+            continue
+        leaves, treedef = jax.tree.flatten(tree[name])
+        if not leaves:
+            continue
+        n = leaves[0].shape[0]
+        shapes = tuple(tuple(a.shape[1:]) for a in leaves)
+        size = sum(int(np.prod(sh)) for sh in shapes)
+        cols += [a.reshape(n, -1) for a in leaves]
+        dtypes = tuple(a.dtype for a in leaves)
+        layout[name] = _OpLayout(start, size, treedef, shapes, dtypes)
+        start += size
+    if not cols:
+        return jnp.zeros((1, 1), jnp.float32), layout
+    return jnp.concatenate(cols, axis=1), layout
+
+
+def _unflatten_op(flat: jax.Array, i: jax.Array, lay: _OpLayout | None) -> Any:
+    """Row ``i``'s variables of one op (``{}`` when the op has none)."""
+    if lay is None:
+        return {}
+    seg = lax.dynamic_slice(flat, (i, lay.start), (1, lay.size))[0]
+    leaves, at = [], 0
+    for shape, dtype in zip(lay.shapes, lay.dtypes, strict=True):
+        size = int(np.prod(shape))
+        leaves.append(seg[at : at + size].reshape(shape).astype(dtype))
+        at += size
+    return jax.tree.unflatten(lay.treedef, leaves)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -859,20 +936,11 @@ class Supernet:
             return nodes[s - 2 + offset]
 
         if discrete:
-            branches = [
-                self._switch_branch(mods, d, run, zero)
-                for d in range(len(self.op_names))
-            ]
+            xs = (arch[idx], keys[idx], src, dst)
+            return self._scan_discrete(gp, gb, inputs, nodes, offset, xs, mods, run)
 
-            def edge(pe, be, a, x, ke):
-                # Eval-mode BN statistics do not change: nothing to stack per edge.
-                y, st = lax.switch(a, branches, pe, be, x, ke)
-                return y, st, None
-
-        else:
-
-            def edge(pe, be, w, x, ke):
-                return self._dense_edge(mods, pe, be, w, x, ke, run, zero)
+        def edge(pe, be, w, x, ke):
+            return self._dense_edge(mods, pe, be, w, x, ke, run, zero)
 
         def body(carry, xs):
             nodes, acc = carry
@@ -883,14 +951,49 @@ class Supernet:
         (nodes, st), new_b = lax.scan(
             body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
         )
-        return nodes, st, (gb if discrete else new_b)
+        return nodes, st, new_b
 
-    def _switch_branch(self, mods, d, run, zero):
+    def _scan_discrete(self, gp, gb, inputs, nodes, offset, xs, mods, run):
+        """The discrete form of :meth:`_scan_edges`: one ``lax.switch`` per edge.
+
+        Each edge's variables are one row of a flat ``[E, P]`` array and a branch
+        slices only its own op's segment of it (one small slice per edge instead of
+        one per variable of every op). Eval-mode BN statistics do not change: they
+        are returned as they are.
+        """
+        flat_p, lay_p = _flatten_edge_vars(gp, self.op_names)
+        flat_b, lay_b = _flatten_edge_vars(gb, self.op_names)
+        zero = NwotStats.zeros(nodes.shape[1])
+        branches = [
+            self._switch_branch(mods, d, run, lay_p, lay_b, zero)
+            for d in range(len(self.op_names))
+        ]
+
+        def body(carry, xs):
+            nodes, acc = carry
+            i, a, ke, s_, d_ = xs
+            # The branch slices its input: a `none` edge reads nothing.
+            src_buf, s_ = (
+                (inputs, s_) if inputs is not None else (nodes, s_ - 2 + offset)
+            )
+            y, st = lax.switch(a, branches, flat_p, flat_b, i, src_buf, s_, ke)
+            return (nodes.at[d_ + offset].add(y), acc + st), None
+
+        e = jnp.arange(xs[0].shape[0], dtype=jnp.int32)
+        (nodes, st), _ = lax.scan(body, (nodes, zero), (e,) + xs)
+        return nodes, st, gb
+
+    def _switch_branch(self, mods, d, run, lay_p, lay_b, zero):
         """Branch ``d`` of an edge's ``lax.switch``: ``(y, NwotStats)`` of op ``d``."""
         name = self.op_names[d]
 
-        def branch(pe, be, x, ke):
-            y, _, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+        def branch(flat_p, flat_b, i, src, s, ke):
+            x = src[s]
+            if name == "none":  # exact zeros
+                return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), zero
+            pe = _unflatten_op(flat_p, i, lay_p.get(name))
+            be = _unflatten_op(flat_b, i, lay_b.get(name))
+            y, _, st = run(mods[d], pe, be, x, ke)
             return y, (st if st is not None else zero)
 
         return branch

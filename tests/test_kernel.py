@@ -34,3 +34,16 @@ def test_kernel_impl_names():
     assert resolve_kernel_impl("auto") in ("matmul", "popcount")
     with pytest.raises(ValueError, match="kernel impl"):
         resolve_kernel_impl("fft")
+
+
+@pytest.mark.parametrize("units", [40000, 70000])
+def test_popcount_chunked_words_match_numpy(units):
+    # Batch 64 (the paper's): more than 512 words per sample runs the Gram in
+    # several cache-sized steps, with zero words padding the last one.
+    rng = np.random.default_rng(units)
+    x = rng.standard_normal((64, units)).astype(np.float32)
+    stats = codes_to_stats([jnp.asarray(x)], 64, "popcount")
+    c = (x > 0).astype(np.int64)
+    np.testing.assert_array_equal(np.asarray(stats.gram), c @ c.T)
+    np.testing.assert_array_equal(np.asarray(stats.active), c.sum(1))
+    assert int(stats.units) == units

@@ -440,3 +440,28 @@ def test_per_edge_space_scatter():
             assert float(w[e, net.op_names.index(ops[1])]) == pytest.approx(p)
             assert float(w[e].sum()) == pytest.approx(1.0)
     assert "none" in net.op_names  # always available for genotype scoring
+
+
+def test_flat_edge_variables_round_trip():
+    # The discrete scan fetches an edge's op variables from one flat row.
+    from jaxdarts.supernet import _flatten_edge_vars, _unflatten_op
+
+    rng = np.random.default_rng(0)
+    tree = {
+        "sep": {"a": rng.standard_normal((3, 2, 5)), "b": rng.standard_normal((3, 4))},
+        "pool": {"mean": rng.standard_normal((3, 6)).astype(np.float32)},
+        "skip": {},
+    }
+    tree = jax.tree.map(jnp.asarray, tree)
+    flat, layout = _flatten_edge_vars(tree, ("pool", "skip", "sep", "none"))
+    assert flat.shape == (3, 6 + 10 + 4)
+    assert set(layout) == {"pool", "sep"}
+    for i in range(3):
+        for name in ("pool", "sep"):
+            got = _unflatten_op(flat, jnp.int32(i), layout[name])
+            want = jax.tree.map(lambda a, i=i: a[i], tree[name])
+            assert jax.tree.structure(got) == jax.tree.structure(want)
+            for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                assert g.dtype == w.dtype
+                np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert _unflatten_op(flat, jnp.int32(0), None) == {}
