@@ -198,13 +198,16 @@ def label(setting: dict[str, Any]) -> str:
     )
 
 
-def supernet(setting: dict[str, Any], impl: str = "auto"):
+def supernet(setting: dict[str, Any], impl: str = "auto", edges: str = "auto"):
     """``(net, variables)`` of a random supernet of the given size."""
     from jaxdarts.supernet import SupernetConfig, get_supernet
 
     net = get_supernet(
         SupernetConfig(
-            channels=setting["channels"], layers=setting["layers"], impl=impl
+            channels=setting["channels"],
+            layers=setting["layers"],
+            impl=impl,
+            edges=edges,
         )
     )
     variables = jax.jit(lambda k: net.init(k, setting["image"]))(jax.random.key(0))

@@ -202,6 +202,15 @@ def reference_side(path: str, sizes: dict[str, Any], threads: int) -> dict[str, 
 
 
 # -------------------------------------------------------------------- jaxdarts side
+def disc_edges(size: dict[str, int]) -> str:
+    """The edge form ``python -m jaxdarts.search`` uses for disc-nwot at this size."""
+    from jaxdarts.build import edge_form
+
+    supernet = {"channels": size["channels"], "layers": size["layers"]}
+    env = {"kind": "discrete", "reward_path": "discrete"}
+    return edge_form({"supernet": {**supernet, "edges": "auto"}, "env": env})
+
+
 def _jax_disc_env(size: dict[str, int], num_envs: int = 1):
     from benchmarks import common as C
     from jaxdarts.env import EnvConfig, LockstepEnv
@@ -210,7 +219,9 @@ def _jax_disc_env(size: dict[str, int], num_envs: int = 1):
 
     cfg = EnvConfig(
         kind="discrete",
-        net=SupernetConfig(channels=size["channels"], layers=size["layers"]),
+        net=SupernetConfig(
+            channels=size["channels"], layers=size["layers"], edges=disc_edges(size)
+        ),
         reward=RewardConfig(kind="nwot", path="discrete"),
         batch_size=size["batch"],
     )
@@ -291,7 +302,7 @@ def jaxdarts_side(sizes: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     disc = sizes["disc"]
     setting = {**disc, "image": (32, 32, 3)}
-    net, variables = C.supernet(setting)
+    net, variables = C.supernet(setting, edges=disc_edges(disc))
     x, y = C.image_batch(setting)
     rcfg = RewardConfig(kind="nwot", path="discrete")
 
@@ -305,7 +316,10 @@ def jaxdarts_side(sizes: dict[str, Any]) -> dict[str, float]:
     times = [C.time_calls(compiled, variables, *a, x, y, min_time=0.0) for a in archs]
     out["nwot_reward_s"] = st.median(times)
     out["nwot_reward_compile_s"] = tc
-    _progress("jaxdarts", f"NWOT reward {out['nwot_reward_s']:.3g} s")
+    _progress(
+        "jaxdarts",
+        f"NWOT reward {out['nwot_reward_s']:.3g} s ({disc_edges(disc)} edges)",
+    )
 
     _, params, venv = _jax_disc_env(disc)
     steps = sizes["disc_episodes"] * 2 * EDGES
@@ -396,6 +410,7 @@ def run(
     conf = {
         "threads": threads,
         "disc": _label(sizes["disc"]),
+        "disc_edges": disc_edges(sizes["disc"]),
         "cont": _label(sizes["cont"]),
         "n_steps": sizes["n_steps"],
     }

@@ -8,6 +8,8 @@ setting (its values where the paper states one, the reference code's elsewhere);
 
 from jaxdarts.configs.common import (
     DATA_SCHEMA,
+    EDGE_FORMS,
+    EDGES_HELP,
     IMPL_HELP,
     IMPLS,
     NWOT_FLAVOURS,
@@ -39,6 +41,7 @@ def get_config() -> dict:
             "channels": 16,
             "layers": 8,
             "impl": "auto",
+            "edges": "auto",
             "checkpoint": None,
         },
         "env": {
@@ -130,6 +133,9 @@ BN_MODES = ("eval", "batch")
 #: grow: resuming with a larger value extends a finished search).
 RESUME_MAY_CHANGE = ("data.data_dir", "run.total_steps")
 
+#: Values of keys added after runs were saved without them: what those runs used.
+SAVED_DEFAULTS = {"supernet.edges": "scan"}
+
 _POS = {"type": "int", "lo": 1}
 
 SCHEMA: dict[str, Key] = {
@@ -155,6 +161,7 @@ SCHEMA: dict[str, Key] = {
     **DATA_SCHEMA,
     **SUPERNET_SCHEMA,
     "supernet.impl": Key(IMPL_HELP, "str", choices=IMPLS),
+    "supernet.edges": Key(EDGES_HELP, "str", choices=EDGE_FORMS),
     "supernet.checkpoint": checkpoint_key("untrained supernet"),
     "env.kind": Key(
         "discrete: an action assigns one op to the next edge; "

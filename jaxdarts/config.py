@@ -383,9 +383,16 @@ def load_saved(
     sets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A run's saved config with ``overrides`` and ``sets`` applied, validated
-    (``--resume``: the saved config is the base, not the preset)."""
-    schema = config_module(command).SCHEMA
+    (``--resume``: the saved config is the base, not the preset). Keys added since
+    the run was saved take the command's ``SAVED_DEFAULTS`` (what the run used)."""
+    mod = config_module(command)
+    schema = mod.SCHEMA
     config = copy.deepcopy(dict(saved))
+    for dotted, value in getattr(mod, "SAVED_DEFAULTS", {}).items():
+        try:
+            get_value(config, dotted)
+        except (KeyError, TypeError):
+            set_value(config, schema, dotted, value)
     return _apply(command, config, schema, overrides, sets)
 
 

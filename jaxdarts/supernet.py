@@ -293,8 +293,10 @@ class SupernetConfig:
       eps: ops with softmax weight <= eps are skipped (dense path).
       edges: how a cell's 14 edges are traced: ``scan`` (a ``lax.scan`` over edge
         groups, one traced body per group: small programs, fast compiles),
-        ``unroll`` (one traced edge each, no node buffer carried: 1.3-1.7x faster
-        on XLA:CPU, 3x slower to compile) or ``auto`` (``scan``). Same results.
+        ``unroll`` (one traced edge each, no node buffer carried: discrete rewards
+        ~1.3x faster on XLA:CPU, compiles ~4x longer) or ``auto`` (``scan``; the
+        search command resolves its own ``auto``, see ``jaxdarts.build.edge_form``).
+        The same results up to float rounding.
     """
 
     space: str = "darts"
@@ -884,7 +886,7 @@ class Supernet:
         return total, acc, new_b
 
     def _edge_impl(self) -> str:
-        # The unrolled form runs 1.3-1.7x faster on CPU but compiles 3x slower.
+        # The unrolled form runs ~1.3x faster on CPU but compiles ~4x longer.
         return "scan" if self.config.edges == "auto" else self.config.edges
 
     def _node_shape(self, x, reduce: bool):

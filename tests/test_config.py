@@ -155,6 +155,35 @@ def test_load_saved_applies_flags_on_the_saved_config():
         C.load_saved("search", saved, sets=["env.num_envs=-1"])
 
 
+def test_load_saved_fills_keys_added_since_with_what_the_run_used():
+    # Runs saved before `supernet.edges` existed scanned their edges.
+    saved = json.loads(json.dumps(C.load("search")))
+    del saved["supernet"]["edges"]
+    assert C.load_saved("search", saved)["supernet"]["edges"] == "scan"
+    saved["supernet"]["edges"] = "unroll"
+    assert C.load_saved("search", saved)["supernet"]["edges"] == "unroll"
+
+
+@pytest.mark.parametrize(
+    "variant, preset, sets, form",
+    [
+        ("disc-nwot", "paper", [], "unroll"),  # paper size, discrete path only
+        ("disc-acc", "paper", [], "unroll"),
+        ("disc-nwot", "quick", [], "scan"),  # small supernet
+        ("disc-nwot", "paper", ["supernet.channels=8"], "scan"),
+        ("disc-nwot", "paper", ["env.reward_path=dense"], "scan"),
+        ("cont-acc-step", "paper", ["supernet.checkpoint=x"], "scan"),  # dense step
+        ("disc-nwot", "paper", ["supernet.edges=scan"], "scan"),
+        ("disc-nwot", "quick", ["supernet.edges=unroll"], "unroll"),
+    ],
+)
+def test_edge_form_of_a_search_config(variant, preset, sets, form):
+    from jaxdarts.build import edge_form
+
+    cfg = C.load("search", variant=variant, preset=preset, sets=sets)
+    assert edge_form(cfg) == form
+
+
 def test_describe_explains_keys_that_are_not_self_evident():
     text = C.describe("search", C.load("search"))
     line = next(x for x in text.splitlines() if x.startswith("env.sentinel"))
