@@ -40,7 +40,7 @@ def get_config() -> dict:
             **{
                 k: v
                 for k, v in search.get_config()["supernet"].items()
-                if k != "checkpoint"
+                if k not in ("checkpoint", "edges")  # search-only keys
             },
             "stem_multiplier": 3,
             "alpha_std": 1e-3,
