@@ -939,7 +939,9 @@ class Supernet:
 
         if discrete:
             xs = (arch[idx], keys[idx], src, dst)
-            return self._scan_discrete(gp, gb, inputs, nodes, offset, xs, mods, run)
+            return self._scan_discrete(
+                gp, gb, inputs, nodes, offset, xs, mods, run, zero
+            )
 
         def edge(pe, be, w, x, ke):
             return self._dense_edge(mods, pe, be, w, x, ke, run, zero)
@@ -955,7 +957,7 @@ class Supernet:
         )
         return nodes, st, new_b
 
-    def _scan_discrete(self, gp, gb, inputs, nodes, offset, xs, mods, run):
+    def _scan_discrete(self, gp, gb, inputs, nodes, offset, xs, mods, run, zero):
         """The discrete form of :meth:`_scan_edges`: one ``lax.switch`` per edge.
 
         Each edge's variables are one row of a flat ``[E, P]`` array and a branch
@@ -965,7 +967,6 @@ class Supernet:
         """
         flat_p, lay_p = _flatten_edge_vars(gp, self.op_names)
         flat_b, lay_b = _flatten_edge_vars(gb, self.op_names)
-        zero = NwotStats.zeros(nodes.shape[1])
         branches = [
             self._switch_branch(mods, d, run, lay_p, lay_b, zero)
             for d in range(len(self.op_names))
