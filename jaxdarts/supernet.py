@@ -296,7 +296,8 @@ class SupernetConfig:
         ``unroll`` (one traced edge each, no node buffer carried: discrete rewards
         ~1.3x faster on XLA:CPU, compiles ~4x longer) or ``auto`` (``scan``; the
         search command resolves its own ``auto``, see ``jaxdarts.build.edge_form``).
-        The same results up to float rounding.
+        The same results up to float rounding. Unrolled, the dense path's training
+        step compiles for minutes and runs several times slower: keep it scanned.
     """
 
     space: str = "darts"

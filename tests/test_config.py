@@ -184,6 +184,22 @@ def test_edge_form_of_a_search_config(variant, preset, sets, form):
     assert edge_form(cfg) == form
 
 
+@pytest.mark.parametrize(
+    "variant, sets",
+    [
+        ("cont-acc-step", ["supernet.checkpoint=x"]),
+        ("cont-loss-grad-step", ["supernet.checkpoint=x"]),
+        ("disc-nwot", ["env.reward_path=dense"]),
+    ],
+)
+def test_unrolled_edges_are_refused_on_the_dense_path(variant, sets):
+    with pytest.raises(
+        C.ConfigError, match="supernet.edges=unroll is for the discrete"
+    ):
+        C.load("search", variant=variant, sets=sets + ["supernet.edges=unroll"])
+    C.load("search", variant=variant, sets=sets + ["supernet.edges=scan"])
+
+
 def test_describe_explains_keys_that_are_not_self_evident():
     text = C.describe("search", C.load("search"))
     line = next(x for x in text.splitlines() if x.startswith("env.sentinel"))
