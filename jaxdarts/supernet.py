@@ -939,24 +939,29 @@ class Supernet:
                 gp, gb, inputs, nodes, offset, xs, mods, run, zero
             )
 
-        def edge(x, pe, be, w, ke):
-            y, st, new_b = self._dense_edge(mods, pe, be, w, x, ke, run, zero)
-            return (y, new_b), st
+        def read(nodes, s):
+            if inputs is not None:
+                return inputs[s]
+            return nodes[s - 2 + offset]
 
-        # The edge reads slot s of the first buffer and adds into slot d of the last.
-        bufs = (nodes,) if inputs is None else (inputs, nodes)
-        src = src if inputs is not None else src - 2 + offset
+        # Rematerialised: the backward pass recomputes the edge from its input
+        # instead of stacking every intermediate of every op per edge in the scan
+        # (the dense training step runs ~1.2x faster on XLA:CPU; same arithmetic).
+        # The scan already keeps XLA from merging the recomputation away.
+        @functools.partial(jax.checkpoint, prevent_cse=False)
+        def edge(pe, be, w, x, ke):
+            return self._dense_edge(mods, pe, be, w, x, ke, run, zero)
 
         def body(carry, xs):
-            bufs, acc = carry
+            nodes, acc = carry
             pe, be, a, ke, s_, d_ = xs
-            bufs, (new_b, st) = _edge_add(edge, bufs, s_, d_ + offset, (pe, be, a, ke))
-            return (bufs, acc + st), new_b
+            y, st, new_b = edge(pe, be, a, read(nodes, s_), ke)
+            return (nodes.at[d_ + offset].add(y), acc + st), new_b
 
-        (bufs, st), new_b = lax.scan(
-            body, (bufs, zero), (gp, gb, arch[idx], keys[idx], src, dst)
+        (nodes, st), new_b = lax.scan(
+            body, (nodes, zero), (gp, gb, arch[idx], keys[idx], src, dst)
         )
-        return bufs[-1], st, new_b
+        return nodes, st, new_b
 
     def _scan_discrete(self, gp, gb, inputs, nodes, offset, xs, mods, run, zero):
         """The discrete form of :meth:`_scan_edges`: one ``lax.switch`` per edge.
@@ -1006,55 +1011,6 @@ class Supernet:
     def num_params(self, variables: dict[str, Any]) -> int:
         """Scalar count of ``variables['params']`` (BN running stats excluded)."""
         return ops_lib.param_count(variables["params"])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _edge_add(edge, bufs, s, d, args):
-    """One dense edge of a scanned cell: ``y`` of ``edge(bufs[0][s], *args)`` added
-    into slot ``d`` of ``bufs[-1]``.
-
-    Args:
-      edge: ``(x, pe, be, w, key) -> ((y, new BN statistics), NwotStats)``.
-      bufs: ``(nodes,)`` (the edge reads and writes the same ``[S, B, H, W, C]``
-        buffer) or ``(inputs, nodes)``.
-      s, d: int32 scalars, the slots read and written.
-      args: ``(params, BN statistics, op weights [D], key)`` of the edge.
-
-    Returns:
-      ``(bufs with slot d updated, (new BN statistics, NwotStats))``.
-
-    Differentiated by hand, for speed under ``lax.scan``: the forward pass keeps
-    only the edge's input slot and arguments (the edge is recomputed in the
-    backward pass), and the backward pass adds the input's cotangent into slot
-    ``s`` of the carried cotangent in place. Plain autodiff stacks every
-    intermediate of every op per edge and accumulates each edge's input cotangent
-    into a full-buffer copy: the dense training step (C=8, 5 cells, batch 32,
-    XLA:CPU) runs ~1.2x faster this way. Same arithmetic; tested against JAX's
-    autodiff of the same edge function.
-    """
-    return _edge_add_fwd(edge, bufs, s, d, args)[0]
-
-
-def _edge_add_fwd(edge, bufs, s, d, args):
-    x = bufs[0][s]
-    (y, new_b), st = edge(x, *args)
-    out = bufs[:-1] + (bufs[-1].at[d].add(y),)
-    return (out, (new_b, st)), (x, s, d, args)
-
-
-def _edge_add_bwd(edge, res, cts):
-    x, s, d, (pe, be, w, key) = res
-    ct_bufs, (ct_new_b, _) = cts
-    ct_y = ct_bufs[-1][d]
-    _, vjp, _ = jax.vjp(
-        lambda x, pe, be, w: edge(x, pe, be, w, key), x, pe, be, w, has_aux=True
-    )
-    ct_x, ct_pe, ct_be, ct_w = vjp((ct_y, ct_new_b))
-    ct_bufs = (ct_bufs[0].at[s].add(ct_x),) + ct_bufs[1:]
-    return ct_bufs, None, None, (ct_pe, ct_be, ct_w, None)
-
-
-_edge_add.defvjp(_edge_add_fwd, _edge_add_bwd)
 
 
 def _init_bound(path, shape, head_fan_in: int | None) -> float | tuple[float]:
