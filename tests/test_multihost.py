@@ -110,8 +110,14 @@ def _start(
     procs, k = layout
     # a per-test compilation cache (used by 1-process runs only): the resume on
     # 1 process compiles nothing
-    # a process that fails waits at most 60 s for the others at exit
-    base = {"JAXDARTS_CACHE_DIR": str(cache), "JAXDARTS_SHUTDOWN_TIMEOUT": "60"}
+    # a process that fails waits at most 60 s for the others at exit; on a loaded
+    # 2-core machine (two test workers, three processes here) the coordination
+    # heartbeats have been seen to stall past the default 100 s during compiles
+    base = {
+        "JAXDARTS_CACHE_DIR": str(cache),
+        "JAXDARTS_SHUTDOWN_TIMEOUT": "60",
+        "JAXDARTS_HEARTBEAT_TIMEOUT": "600",
+    }
     if procs == 1:
         cmd = [sys.executable, "-m", f"jaxdarts.{argv[0]}", *argv[1:]]
         env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={k}", **base)
