@@ -288,8 +288,9 @@ def check(config: dict) -> None:
         )
     if env["nwot_flavour"] == "original" and env["reward"] != "nwot":
         raise ConfigError("env.nwot_flavour=original applies to the nwot reward only")
-    dense = env["kind"] == "continuous" or env["reward_path"] == "dense"
-    if config["supernet"]["edges"] == "unroll" and dense:
+    from jaxdarts.build import discrete_only
+
+    if config["supernet"]["edges"] == "unroll" and not discrete_only(env):
         raise ConfigError(
             "supernet.edges=unroll is for the discrete reward path only (env.kind="
             "discrete, env.reward_path=discrete): the dense path unrolled compiles "

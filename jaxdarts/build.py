@@ -87,8 +87,13 @@ def edge_form(cfg: Mapping[str, Any]) -> str:
     if form != "auto":
         return form
     paper_size = s["channels"] >= 16 and s["layers"] >= 8
-    discrete_only = e["kind"] == "discrete" and e["reward_path"] == "discrete"
-    return "unroll" if paper_size and discrete_only else "scan"
+    return "unroll" if paper_size and discrete_only(e) else "scan"
+
+
+def discrete_only(env: Mapping[str, Any]) -> bool:
+    """Whether a search's ``env`` config runs only the supernet's discrete path
+    (a discrete env scored on the discrete reward path: no dense forward pass)."""
+    return env["kind"] == "discrete" and env["reward_path"] == "discrete"
 
 
 def reward_config(
