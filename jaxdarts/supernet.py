@@ -407,6 +407,8 @@ class Supernet:
         self.plan: tuple[_CellPlan, ...] = tuple(plan)
         self._stem = _Stem(config.stem_multiplier * config.channels)
         self._head = _Head(config.num_classes)
+        self._ops: dict[tuple, nn.Module] = {}
+        self._op_calls: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ modules
     def _preproc(self, cell: _CellPlan):
@@ -419,9 +421,43 @@ class Supernet:
 
     def _op(self, name: str, cell: _CellPlan, group: int) -> nn.Module:
         stride = 2 if cell.reduce and group == 0 else 1
-        return ops_lib.make_op(
-            name, cell.channels, stride, affine=False, impl=self.config.impl
-        )
+        key = (name, cell.channels, stride)
+        if key not in self._ops:  # one module object per op kind (see _op_call)
+            self._ops[key] = ops_lib.make_op(
+                name, cell.channels, stride, affine=False, impl=self.config.impl
+            )
+        return self._ops[key]
+
+    def _op_call(self, mod: nn.Module, train: bool, mutable: bool, collect: bool):
+        """``(p, b, x, key) -> (y, new BN stats, NwotStats or None)`` of one op, jitted.
+
+        One function object per module and mode, so JAX traces and lowers an op
+        once per input shape however many edges run it (an unrolled paper-size
+        supernet has ~800 op applications); XLA inlines the calls, so the compiled
+        program is the same.
+        """
+        cache_key = (id(mod), train, mutable, collect)
+        fn = self._op_calls.get(cache_key)
+        if fn is not None:
+            return fn[1]
+
+        def call(p, b, x, k):
+            codes = [] if collect else None
+            v = {"params": p, "batch_stats": b}
+            rngs = {"noise": k} if k is not None else None
+            if mutable:
+                y, upd = mod.apply(
+                    v, x, train, codes, rngs=rngs, mutable=["batch_stats"]
+                )
+                upd = upd["batch_stats"]
+            else:
+                y, upd = mod.apply(v, x, train, codes, rngs=rngs), b
+            st = codes_to_stats(codes, x.shape[0]) if collect else None
+            return y, upd, st
+
+        fn = jax.jit(call)
+        self._op_calls[cache_key] = (mod, fn)  # keeps `mod` (and so its id) alive
+        return fn
 
     # ------------------------------------------------------------------ init
     def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -652,6 +688,8 @@ class Supernet:
         memo: list[tuple[jax.Array, NwotStats]] = []
 
         def run(mod, p, b, x, k=None, reuse=False):
+            if not reuse:
+                return self._op_call(mod, train, bool(mut), collect)(p, b, x, k)
             codes = [] if collect else None
             v = {"params": p, "batch_stats": b}
             rngs = {"noise": k} if k is not None else None
