@@ -441,7 +441,7 @@ class Supernet:
         if fn is not None:
             return fn[1]
 
-        def call(p, b, x, k):
+        def op_call(p, b, x, k):
             codes = [] if collect else None
             v = {"params": p, "batch_stats": b}
             rngs = {"noise": k} if k is not None else None
@@ -455,7 +455,7 @@ class Supernet:
             st = codes_to_stats(codes, x.shape[0]) if collect else None
             return y, upd, st
 
-        fn = jax.jit(call)
+        fn = jax.jit(op_call)
         self._op_calls[cache_key] = (mod, fn)  # keeps `mod` (and so its id) alive
         return fn
 

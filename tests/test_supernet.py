@@ -166,7 +166,9 @@ def row(tree, i):
 
 def test_param_count_of_the_paper_supernet():
     expected = darts_param_count(16, 8, 3, 10)
-    assert expected == 1_931_898  # "about 1.93M" (the reference implementation; docs/semantics.md)
+    assert (
+        expected == 1_931_898
+    )  # "about 1.93M" (the reference implementation; docs/semantics.md)
     net = Supernet(SupernetConfig(channels=16, layers=8, num_classes=10))
     shapes = jax.eval_shape(lambda k: net.init(k, (32, 32, 3)), jax.random.key(0))
     assert net.num_params(shapes) == expected
@@ -465,3 +467,27 @@ def test_flat_edge_variables_round_trip():
                 assert g.dtype == w.dtype
                 np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     assert _unflatten_op(flat, jnp.int32(0), None) == {}
+
+
+def test_unrolled_ops_are_lowered_once_per_module():
+    # Every op of every edge is called, but each op module (kind, channels, stride)
+    # is one function of the lowered program: tracing and lowering stay small.
+    import re
+
+    net = Supernet(SupernetConfig(channels=4, layers=3, edges="unroll"))
+    variables = net.init(jax.random.key(0), (8, 8, 1))
+    images = jnp.zeros((2, 8, 8, 1))
+    cn, cr = net.choices_from_ops(["none"] * NUM_EDGES, ["none"] * NUM_EDGES)
+
+    def f(v, a, b, x):
+        return net.apply_discrete(v, a, b, x, collect=True)[:2]
+
+    text = jax.jit(f).lower(variables, cn, cr, images).as_text()
+    funcs = re.findall(r"func\.func (?:private )?@(op_call(?:_\d+)?)\(", text)
+    sites = re.findall(r"call @(op_call(?:_\d+)?)\(", text)
+    real_ops = len(net.op_names) - 1  # `none` runs nothing
+    # 3 cells x 14 edges x 7 ops, plus the stem.
+    assert len(sites) == 3 * NUM_EDGES * real_ops + 1
+    # cell 0: 7 ops at stride 1; cells 1 and 2 (reductions): 7 at stride 2 and 7
+    # at stride 1 each (new channel counts); plus the stem.
+    assert len(funcs) == len(set(sites)) == real_ops * 5 + 1
