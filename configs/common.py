@@ -47,7 +47,7 @@ EDGE_FORMS = ("auto", "scan", "unroll")
 #: What ``supernet.edges`` means (search).
 EDGES_HELP = (
     "edges of a cell: scan (one traced body: fast compiles) or unroll (discrete "
-    "reward path only: rewards ~1.3x faster, compiles ~4x longer); auto: unroll for "
+    "reward path only: rewards ~1.3x faster, compiles ~2.5x longer); auto: unroll for "
     "a supernet of C >= 16 and >= 8 cells scored only on the discrete path, scan "
     "otherwise"
 )

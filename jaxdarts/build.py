@@ -78,7 +78,7 @@ def edge_form(cfg: Mapping[str, Any]) -> str:
 
     ``supernet.edges="auto"`` unrolls a paper-size supernet (C >= 16, >= 8 cells)
     that only the discrete path runs (discrete env and discrete reward path): its
-    rewards are ~1.3x faster, which repays the ~40 s longer compile within the
+    rewards are ~1.3x faster, which repays the ~25 s longer compile within the
     first few hundred rewards of a long search. Smaller supernets, and the dense
     path (whose unrolled training step compiles for minutes), scan.
     """

@@ -294,7 +294,7 @@ class SupernetConfig:
       edges: how a cell's 14 edges are traced: ``scan`` (a ``lax.scan`` over edge
         groups, one traced body per group: small programs, fast compiles),
         ``unroll`` (one traced edge each, no node buffer carried: discrete rewards
-        ~1.3x faster on XLA:CPU, compiles ~4x longer) or ``auto`` (``scan``; the
+        ~1.3x faster on XLA:CPU, compiles ~2.5x longer) or ``auto`` (``scan``; the
         search command resolves its own ``auto``, see ``jaxdarts.build.edge_form``).
         The same results up to float rounding. Unrolled, the dense path's training
         step compiles for minutes and runs several times slower: keep it scanned.
@@ -925,7 +925,7 @@ class Supernet:
         return total, acc, new_b
 
     def _edge_impl(self) -> str:
-        # The unrolled form runs ~1.3x faster on CPU but compiles ~4x longer.
+        # The unrolled form runs ~1.3x faster on CPU but compiles ~2.5x longer.
         return "scan" if self.config.edges == "auto" else self.config.edges
 
     def _node_shape(self, x, reduce: bool):
