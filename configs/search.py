@@ -294,7 +294,7 @@ def check(config: dict) -> None:
         raise ConfigError(
             "supernet.edges=unroll is for the discrete reward path only (env.kind="
             "discrete, env.reward_path=discrete): the dense path unrolled compiles "
-            "for about 10 minutes and its training step runs ~7x slower. Set "
+            "for minutes and its training step runs ~7x slower. Set "
             "supernet.edges=auto or scan",
             "supernet.edges",
         )

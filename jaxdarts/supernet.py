@@ -229,6 +229,17 @@ def _memo_stats(
     return stats
 
 
+def _apply_op(mod, p, b, x, k, train: bool, mutable: bool, codes):
+    """``(y, new BN statistics)`` of module ``mod`` on ``x`` (``b`` when not mutable);
+    ReLU inputs are appended to ``codes`` (a list, or None)."""
+    v = {"params": p, "batch_stats": b}
+    rngs = {"noise": k} if k is not None else None
+    if not mutable:
+        return mod.apply(v, x, train, codes, rngs=rngs), b
+    y, upd = mod.apply(v, x, train, codes, rngs=rngs, mutable=["batch_stats"])
+    return y, upd["batch_stats"]
+
+
 class _OpLayout(NamedTuple):
     """Where one op's variables lie in a row of a flat ``[E, P]`` edge array."""
 
@@ -443,15 +454,7 @@ class Supernet:
 
         def op_call(p, b, x, k):
             codes = [] if collect else None
-            v = {"params": p, "batch_stats": b}
-            rngs = {"noise": k} if k is not None else None
-            if mutable:
-                y, upd = mod.apply(
-                    v, x, train, codes, rngs=rngs, mutable=["batch_stats"]
-                )
-                upd = upd["batch_stats"]
-            else:
-                y, upd = mod.apply(v, x, train, codes, rngs=rngs), b
+            y, upd = _apply_op(mod, p, b, x, k, train, mutable, codes)
             st = codes_to_stats(codes, x.shape[0]) if collect else None
             return y, upd, st
 
@@ -690,18 +693,10 @@ class Supernet:
         def run(mod, p, b, x, k=None, reuse=False):
             if not reuse:
                 return self._op_call(mod, train, bool(mut), collect)(p, b, x, k)
+            # Preprocessing: traced in place, its codes memoised by identity.
             codes = [] if collect else None
-            v = {"params": p, "batch_stats": b}
-            rngs = {"noise": k} if k is not None else None
-            if mut:
-                y, upd = mod.apply(v, x, train, codes, rngs=rngs, mutable=mut)
-                upd = upd["batch_stats"]
-            else:
-                y, upd = mod.apply(v, x, train, codes, rngs=rngs), b
-            if collect and reuse:
-                st = _memo_stats(codes, batch, memo)
-            else:
-                st = codes_to_stats(codes, batch) if collect else None
+            y, upd = _apply_op(mod, p, b, x, k, train, bool(mut), codes)
+            st = _memo_stats(codes, batch, memo) if collect else None
             return y, upd, st
 
         s, new_bs["stem"], _ = run(self._stem, params["stem"], bstats["stem"], images)
