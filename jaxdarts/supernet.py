@@ -95,9 +95,41 @@ class NwotStats(NamedTuple):
         return NwotStats(*(a + b for a, b in zip(self, other, strict=True)))
 
     def scale(self, m: jax.Array) -> NwotStats:
-        """Multiplies every statistic by the int 0/1 mask ``m``."""
+        """Multiplies every statistic by the int count (or 0/1 mask) ``m``."""
         m = m.astype(jnp.int32)
         return NwotStats(self.gram * m, self.active * m, self.units * m)
+
+
+#: Cell states an edge can read: the two preprocessed inputs, then nodes 0-3.
+_NUM_STATES = 2 + NUM_NODES
+
+
+class _EdgeStats(NamedTuple):
+    """NWOT statistics of a cell's edges, with the ops' input codes left out.
+
+    Every op whose first ReLU reads the op's input (the convolutions; a strided
+    skip's FactorizedReduce) has its edge's input state as that code. A state read
+    by several such ops has the same code each time, so its statistics are computed
+    once per cell and counted ``reads[s]`` times (:meth:`Supernet._state_stats`).
+
+    Attributes:
+      codes: :class:`NwotStats` of the ops' other ReLUs (inside a separable conv).
+      reads: ``[6]`` int32, per state (inputs 0-1, nodes 0-3), the number of ops that
+        ReLU it as their input.
+    """
+
+    codes: NwotStats
+    reads: jax.Array
+
+    @staticmethod
+    def zeros(batch: int) -> _EdgeStats:
+        return _EdgeStats(NwotStats.zeros(batch), jnp.zeros((_NUM_STATES,), jnp.int32))
+
+    def __add__(self, other):  # type: ignore[override]
+        return _EdgeStats(self.codes + other.codes, self.reads + other.reads)
+
+    def scale(self, m: jax.Array) -> _EdgeStats:
+        return _EdgeStats(self.codes.scale(m), self.reads * m.astype(jnp.int32))
 
 
 def _gram_matmul(c: jax.Array) -> jax.Array:
@@ -440,7 +472,11 @@ class Supernet:
         return self._ops[key]
 
     def _op_call(self, mod: nn.Module, train: bool, mutable: bool, collect: bool):
-        """``(p, b, x, key) -> (y, new BN stats, NwotStats or None)`` of one op, jitted.
+        """``(p, b, x, key) -> (y, new BN stats, NwotStats, input codes)`` of one op.
+
+        Jitted. With ``collect`` the statistics are those of the op's ReLUs other
+        than the ones reading ``x`` itself, whose number (int32) is returned instead
+        (see :class:`_EdgeStats`); without, both are None.
 
         One function object per module and mode, so JAX traces and lowers an op
         once per input shape however many edges run it (an unrolled paper-size
@@ -455,8 +491,11 @@ class Supernet:
         def op_call(p, b, x, k):
             codes = [] if collect else None
             y, upd = _apply_op(mod, p, b, x, k, train, mutable, codes)
-            st = codes_to_stats(codes, x.shape[0]) if collect else None
-            return y, upd, st
+            if not collect:
+                return y, upd, None, None
+            inner = [c for c in codes if c is not x]
+            reads = jnp.int32(len(codes) - len(inner))
+            return y, upd, codes_to_stats(inner, x.shape[0]), reads
 
         fn = jax.jit(op_call)
         self._op_calls[cache_key] = (mod, fn)  # keeps `mod` (and so its id) alive
@@ -690,9 +729,15 @@ class Supernet:
         # so each state's statistics are computed once and added again.
         memo: list[tuple[jax.Array, NwotStats]] = []
 
-        def run(mod, p, b, x, k=None, reuse=False):
+        def run(mod, p, b, x, k=None, reuse=False, src=None):
             if not reuse:
-                return self._op_call(mod, train, bool(mut), collect)(p, b, x, k)
+                op = self._op_call(mod, train, bool(mut), collect)
+                y, upd, st, reads = op(p, b, x, k)
+                if src is None or not collect:
+                    return y, upd, st
+                # An edge op on cell state `src`: its input code is counted per state.
+                onehot = jnp.arange(_NUM_STATES) == src
+                return y, upd, _EdgeStats(st, onehot.astype(jnp.int32) * reads)
             # Preprocessing: traced in place, its codes memoised by identity.
             codes = [] if collect else None
             y, upd = _apply_op(mod, p, b, x, k, train, bool(mut), codes)
@@ -731,13 +776,54 @@ class Supernet:
                 batch,
                 collect,
             )
+            out = jnp.concatenate(nodes, axis=-1)
             if collect:
-                stats = stats + st
-            s0, s1 = s1, jnp.concatenate(nodes, axis=-1)
+                last = ci == len(self.plan) - 1
+                stats = stats + st.codes
+                stats = stats + self._state_stats(
+                    [x0, x1, *nodes], st.reads, discrete, None if last else out, memo
+                )
+            s0, s1 = s1, out
             new_bs["cells"].append(cell_bs)
         logits = self._head.apply({"params": params["head"]}, s1)
         new_bs["head"] = bstats.get("head", {})
         return logits, stats, (new_bs if mutable else None)
+
+    def _state_stats(self, states, reads, discrete, out, memo) -> NwotStats:
+        """Statistics of the cell states as op inputs: ``sum_s reads[s] * stats(s)``.
+
+        Args:
+          states: the 2 preprocessed inputs and the 4 nodes, ``[B, h, w, C]`` each.
+          reads: ``[6]`` int32 counts (:class:`_EdgeStats`).
+          discrete: skip a state no op reads (``lax.cond``; the dense path's counts
+            are rarely 0).
+          out: the cell's output (its nodes concatenated), or None for the last cell.
+            The next cells' preprocessing ReLUs read it; its statistics are the sum
+            of its nodes' (a kernel sums over units, in any order) and are memoised.
+        """
+        batch = states[0].shape[0]
+        total = NwotStats.zeros(batch)
+        node_stats = []
+        for s, x in enumerate(states):
+            if out is None and s == _NUM_STATES - 1:
+                continue  # the last node is no edge's input
+            if out is not None and s >= 2:
+                st = codes_to_stats([x], batch)
+                node_stats.append(st)
+                total = total + st.scale(reads[s])
+            elif discrete:
+                total = total + lax.cond(
+                    reads[s] > 0,
+                    lambda x, m: codes_to_stats([x], batch).scale(m),
+                    lambda x, m: NwotStats.zeros(batch),
+                    x,
+                    reads[s],
+                )
+            else:
+                total = total + codes_to_stats([x], batch).scale(reads[s])
+        if out is not None:
+            memo.append((out, functools.reduce(NwotStats.__add__, node_stats)))
+        return total
 
     def _scanned_cell(
         self,
@@ -763,7 +849,7 @@ class Supernet:
             # Stride-2 edges from the inputs, then stride-1 edges between nodes.
             nodes = jnp.zeros((NUM_NODES,) + self._node_shape(x1, True), x1.dtype)
             inputs = jnp.stack([x0, x1])
-            st = NwotStats.zeros(batch) if collect else None
+            st = _EdgeStats.zeros(batch) if collect else None
             for group, (gname, edges) in enumerate(_GROUPS):
                 nodes, st_g, upd = self._scan_edges(
                     cell,
@@ -834,7 +920,7 @@ class Supernet:
         Returns:
           ``(nodes: list of 4 [B, h, w, C], NwotStats or None, new edge BN stats)``.
         """
-        zero = NwotStats.zeros(batch)
+        zero = _EdgeStats.zeros(batch)
         states = [x0, x1]
         stats = zero if collect else None
         new_b = {gname: [None] * len(edges) for gname, edges in _GROUPS}
@@ -850,16 +936,17 @@ class Supernet:
                 gname = _GROUPS[g][0]
                 pe = jax.tree.map(lambda a, i=i: a[i], cp_edges[gname])
                 be = jax.tree.map(lambda a, i=i: a[i], cb_edges[gname])
-                x = states[EDGE_INPUT[e]]
+                src = EDGE_INPUT[e]
+                x = states[src]
                 mods = [self._op(name, cell, g) for name in self.op_names]
                 if discrete:
                     node, st = self._discrete_edge(
-                        mods, pe, be, arch[e], x, edge_keys[e], run, zero, node
+                        mods, pe, be, arch[e], x, src, edge_keys[e], run, zero, node
                     )
                     new_b[gname][i] = be
                 else:
                     y, st, new_b[gname][i] = self._dense_edge(
-                        mods, pe, be, arch[e], x, edge_keys[e], run, zero
+                        mods, pe, be, arch[e], x, src, edge_keys[e], run, zero
                     )
                     node = y if node is None else node + y
                 if collect:
@@ -871,8 +958,11 @@ class Supernet:
         }
         return states[2:], stats, new_edges
 
-    def _discrete_edge(self, mods, pe, be, a, x, ke, run, zero, acc):
-        """``acc + op_a(x)`` (``op_a(x)`` when ``acc`` is None) via ``lax.switch``."""
+    def _discrete_edge(self, mods, pe, be, a, x, src, ke, run, zero, acc):
+        """``acc + op_a(x)`` (``op_a(x)`` when ``acc`` is None) via ``lax.switch``.
+
+        ``x`` is cell state ``src``; returns ``(node, _EdgeStats)``.
+        """
 
         def make_branch(d):
             name = self.op_names[d]
@@ -882,7 +972,8 @@ class Supernet:
                     if acc is None:
                         return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), zero
                     return acc, zero
-                y, _, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+                pd, bd = pe.get(name, {}), be.get(name, {})
+                y, _, st = run(mods[d], pd, bd, x, ke, src=src)
                 return (y if acc is None else acc + y), (st if st is not None else zero)
 
             return branch
@@ -895,8 +986,11 @@ class Supernet:
         b, h, w, c = x.shape
         return (b, -(-h // stride), -(-w // stride), c)
 
-    def _dense_edge(self, mods, pe, be, w, x, ke, run, zero):
-        """Weighted sum of every op on one edge; ops with weight <= eps are masked."""
+    def _dense_edge(self, mods, pe, be, w, x, src, ke, run, zero):
+        """Weighted sum of every op on one edge; ops with weight <= eps are masked.
+
+        ``x`` is cell state ``src``; returns ``(y, _EdgeStats, new BN statistics)``.
+        """
         eps = self.config.eps
         total = None
         new_b = {}
@@ -905,7 +999,9 @@ class Supernet:
             if name == "none":
                 continue  # exact zeros
             active = w[d] > eps
-            y, upd, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+            y, upd, st = run(
+                mods[d], pe.get(name, {}), be.get(name, {}), x, ke, src=src
+            )
             contrib = y * jnp.where(active, w[d], 0.0).astype(y.dtype)
             total = contrib if total is None else total + contrib
             if name in be:
@@ -960,7 +1056,7 @@ class Supernet:
         src = jnp.asarray(np.array([EDGE_INPUT[e] for e in edges]), jnp.int32)
         dst = jnp.asarray(np.array([EDGE_NODE[e] for e in edges]), jnp.int32)
         mods = [self._op(name, cell, group) for name in self.op_names]
-        zero = NwotStats.zeros(batch)
+        zero = _EdgeStats.zeros(batch)
 
         # Three layouts: the carry holds all 6 states (normal cells: inputs is None
         # and nodes has 6 entries), or 4 nodes read from the inputs or from the nodes.
@@ -983,13 +1079,13 @@ class Supernet:
         # unlike a hand-made VJP, gradients of gradients keep working).
         # The scan already keeps XLA from merging the recomputation away.
         @functools.partial(jax.checkpoint, prevent_cse=False)
-        def edge(pe, be, w, x, ke):
-            return self._dense_edge(mods, pe, be, w, x, ke, run, zero)
+        def edge(pe, be, w, x, s, ke):
+            return self._dense_edge(mods, pe, be, w, x, s, ke, run, zero)
 
         def body(carry, xs):
             nodes, acc = carry
             pe, be, a, ke, s_, d_ = xs
-            y, st, new_b = edge(pe, be, a, read(nodes, s_), ke)
+            y, st, new_b = edge(pe, be, a, read(nodes, s_), s_, ke)
             return (nodes.at[d_ + offset].add(y), acc + st), new_b
 
         (nodes, st), new_b = lax.scan(
@@ -1016,10 +1112,10 @@ class Supernet:
             nodes, acc = carry
             i, a, ke, s_, d_ = xs
             # The branch slices its input: a `none` edge reads nothing.
-            src_buf, s_ = (
+            src_buf, at = (
                 (inputs, s_) if inputs is not None else (nodes, s_ - 2 + offset)
             )
-            y, st = lax.switch(a, branches, flat_p, flat_b, i, src_buf, s_, ke)
+            y, st = lax.switch(a, branches, flat_p, flat_b, i, src_buf, at, s_, ke)
             return (nodes.at[d_ + offset].add(y), acc + st), None
 
         e = jnp.arange(xs[0].shape[0], dtype=jnp.int32)
@@ -1030,13 +1126,13 @@ class Supernet:
         """Branch ``d`` of an edge's ``lax.switch``: ``(y, NwotStats)`` of op ``d``."""
         name = self.op_names[d]
 
-        def branch(flat_p, flat_b, i, src, s, ke):
-            x = src[s]
+        def branch(flat_p, flat_b, i, buf, at, src, ke):
+            x = buf[at]  # cell state `src`
             if name == "none":  # exact zeros
                 return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), zero
             pe = _unflatten_op(flat_p, i, lay_p.get(name))
             be = _unflatten_op(flat_b, i, lay_b.get(name))
-            y, _, st = run(mods[d], pe, be, x, ke)
+            y, _, st = run(mods[d], pe, be, x, ke, src=src)
             return y, (st if st is not None else zero)
 
         return branch

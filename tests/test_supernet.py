@@ -491,3 +491,49 @@ def test_unrolled_ops_are_lowered_once_per_module():
     # cell 0: 7 ops at stride 1; cells 1 and 2 (reductions): 7 at stride 2 and 7
     # at stride 1 each (new channel counts); plus the stem.
     assert len(funcs) == len(set(sites)) == real_ops * 5 + 1
+
+
+@pytest.mark.parametrize("path, edges", [("discrete", "unroll"), ("dense", "scan")])
+def test_kernel_equals_numpy_over_every_relu_that_ran(path, edges):
+    # A cell state ReLU'd by several ops (their input) has its statistics computed
+    # once and counted per op, and a cell output's are its nodes' sum. The kernel
+    # is still exactly that of every ReLU input that ran, recorded as it ran
+    # (test_rewards checks the discrete scanned form the same way).
+    recorded = []
+    original = ops_lib.relu
+
+    def recording_relu(x, codes):
+        jax.debug.callback(lambda v: recorded.append(np.asarray(v)), x)
+        return original(x, codes)
+
+    net = Supernet(SupernetConfig(channels=C, layers=LAYERS, impl="xla", edges=edges))
+    variables = net.init(jax.random.key(0), (HW, HW, 1))
+    images = jax.random.normal(jax.random.key(1), (BATCH, HW, HW, 1))
+    if path == "discrete":
+        # every op in both cells, several convolutions reading the same state
+        arch = net.choices_from_ops(*ARCHS[1])
+
+        def f(v, a, b, x):
+            return net.apply_discrete(v, a, b, x, collect=True)[1]
+    else:
+        # weights all above eps: every op runs and counts
+        arch = jax.nn.softmax(jax.random.normal(jax.random.key(2), (2, 14, 8)))
+        assert float(arch.min()) > 1e-3
+
+        def f(v, a, b, x):
+            return net.apply_dense(v, a, b, x, collect=True)[1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ops_lib, "relu", recording_relu)
+        compiled = jax.jit(f).lower(variables, *arch, images).compile()
+    stats = compiled(variables, *arch, images)
+    jax.block_until_ready(stats)
+    jax.effects_barrier()
+    c = np.concatenate([(x.reshape(BATCH, -1) > 0) for x in recorded], 1)
+    c = c.astype(np.int64)
+    want = c @ c.T + (1 - c) @ (1 - c).T
+    np.testing.assert_array_equal(np.asarray(stats.kernel()), want)
+    assert int(stats.units) == c.shape[1]
+    every = [list(DARTS_OPS)] * NUM_EDGES
+    normal, reduce = ARCHS[1] if path == "discrete" else (every, every)
+    assert c.shape[1] == counted_units(normal, reduce, HW, C, LAYERS)
