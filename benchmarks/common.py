@@ -139,6 +139,7 @@ def device_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "load_average_1min": load_average(),
     }
 
