@@ -12,10 +12,13 @@ global average pool; linear classifier. A cell preprocesses its two inputs (ReLU
 each node sums the mixed ops on its incoming edges, and the cell outputs the
 concatenation of its 4 nodes.
 
-Edges are computed in *groups that share an input*: the edges leaving c_{k-2}, those
-leaving c_{k-1}, and those leaving nodes 0, 1 and 2. Within a group every op is traced
-once and vmapped (dense) or scanned with a ``lax.switch`` (discrete) over the group's
-edges, which keeps an 8-cell supernet's compile time low.
+A cell's 14 edges run in a ``lax.scan`` (``edges="scan"``; a reduction cell scans its
+stride-2 edges, then the others), its body tracing every op once: all of them,
+weighted and rematerialised for the backward pass (dense), or one ``lax.switch``
+(discrete); or unrolled in Python (``edges="unroll"``, discrete path: faster rewards,
+longer compiles). Each op is one jitted function per module, traced once however many
+edges run it. NWOT statistics of a cell state that several ops ReLU as their input
+are computed once per cell and counted per op.
 
 Reference semantics (docs/semantics.md): ops whose softmax weight is <= ``eps`` (1e-3)
 contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
@@ -726,7 +729,8 @@ class Supernet:
 
         # Preprocessing ReLUs read whole cell states, and each state feeds two or
         # three of them (pre1 of one cell, pre0 of the next): their codes are equal,
-        # so each state's statistics are computed once and added again.
+        # so each state's statistics are computed once and added again. A cell
+        # output's are entered here by `_state_stats`, as the sum of its nodes'.
         memo: list[tuple[jax.Array, NwotStats]] = []
 
         def run(mod, p, b, x, k=None, reuse=False, src=None):
@@ -842,7 +846,7 @@ class Supernet:
         """The 14 edges of a cell in ``lax.scan`` over edge groups (``edges="scan"``).
 
         Returns:
-          ``(nodes: list of 4 [B, h, w, C], NwotStats or None, new edge BN stats)``.
+          ``(nodes: list of 4 [B, h, w, C], _EdgeStats or None, new edge BN stats)``.
         """
         new_edges = {}
         if cell.reduce:
@@ -918,7 +922,7 @@ class Supernet:
         ``lax.switch`` per edge; dense: every op, weighted.
 
         Returns:
-          ``(nodes: list of 4 [B, h, w, C], NwotStats or None, new edge BN stats)``.
+          ``(nodes: list of 4 [B, h, w, C], _EdgeStats or None, new edge BN stats)``.
         """
         zero = _EdgeStats.zeros(batch)
         states = [x0, x1]
@@ -1050,7 +1054,7 @@ class Supernet:
           arch: ``[14]`` op indices (discrete) or ``[14, D]`` weights (dense).
 
         Returns:
-          ``(nodes, NwotStats or None, new stacked BN statistics)``.
+          ``(nodes, _EdgeStats, new stacked BN statistics)``.
         """
         idx = np.array(edges)
         src = jnp.asarray(np.array([EDGE_INPUT[e] for e in edges]), jnp.int32)
