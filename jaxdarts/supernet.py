@@ -738,6 +738,8 @@ class Supernet:
                 op = self._op_call(mod, train, bool(mut), collect)
                 y, upd, st, reads = op(p, b, x, k)
                 if src is None or not collect:
+                    # src is None only for the stem: a convolution of the images
+                    # with no ReLU before it, so no input code was left out.
                     return y, upd, st
                 # An edge op on cell state `src`: its input code is counted per state.
                 onehot = jnp.arange(_NUM_STATES) == src
