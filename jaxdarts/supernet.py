@@ -18,7 +18,10 @@ weighted and rematerialised for the backward pass (dense), or one ``lax.switch``
 (discrete); or unrolled in Python (``edges="unroll"``, discrete path: faster rewards,
 longer compiles). Each op is one jitted function per module, traced once however many
 edges run it. NWOT statistics of a cell state that several ops ReLU as their input
-are computed once per cell and counted per op.
+are computed once per cell and counted per op. A ``lax.switch`` branch does only its
+own op's work: it slices that op's variables itself, and in evaluation mode BN's
+``rsqrt`` of the running variances is taken once per call for all of them
+(:func:`jaxdarts.ops.fold_eval_stats`).
 
 Reference semantics (docs/semantics.md): ops whose softmax weight is <= ``eps`` (1e-3)
 contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
@@ -61,6 +64,10 @@ EPS = 1e-3
 _IN_EDGES = tuple(e for e in range(NUM_EDGES) if EDGE_INPUT[e] < 2)
 _MID_EDGES = tuple(e for e in range(NUM_EDGES) if EDGE_INPUT[e] >= 2)
 _GROUPS = (("in", _IN_EDGES), ("mid", _MID_EDGES))
+# (group, row) of each edge in its group's stacked variables.
+_EDGE_POS = {
+    e: (g, i) for g, (_, edges) in enumerate(_GROUPS) for i, e in enumerate(edges)
+}
 # Position of each edge in concat(in, mid): stacked parameters in edge order.
 _EDGE_ORDER = np.argsort(np.array(_IN_EDGES + _MID_EDGES))
 
@@ -491,18 +498,31 @@ class Supernet:
         if fn is not None:
             return fn[1]
 
+        counts: dict[tuple, tuple[int, int]] = {}
+
         def op_call(p, b, x, k):
             codes = [] if collect else None
             y, upd = _apply_op(mod, p, b, x, k, train, mutable, codes)
             if not collect:
                 return y, upd, None, None
             inner = [c for c in codes if c is not x]
+            units = sum(int(np.prod(c.shape[1:])) for c in inner)
+            counts[tuple(x.shape)] = (len(codes) - len(inner), units)
             reads = jnp.int32(len(codes) - len(inner))
             return y, upd, codes_to_stats(inner, x.shape[0]), reads
 
         fn = jax.jit(op_call)
-        self._op_calls[cache_key] = (mod, fn)  # keeps `mod` (and so its id) alive
+        # `mod` kept alive (and so its id); `counts` filled as each shape is traced.
+        self._op_calls[cache_key] = (mod, fn, counts)
         return fn
+
+    def _op_counts(self, mod, train: bool, collect: bool, shape) -> tuple[int, int]:
+        """``(input reads, inner units)`` of an op already traced on ``shape``.
+
+        Static facts of the op (:meth:`_op_call` with ``collect``): how many of its
+        ReLUs read its input, and how many units its other ReLUs have per sample.
+        """
+        return self._op_calls[(id(mod), train, False, collect)][2][tuple(shape)]
 
     # ------------------------------------------------------------------ init
     def init(self, key: jax.Array, image_shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -722,6 +742,8 @@ class Supernet:
         if key is None:
             key = jax.random.key(0)
         params, bstats = variables["params"], variables["batch_stats"]
+        if not train:
+            bstats = ops_lib.fold_eval_stats(bstats)
         batch = images.shape[0]
         mut = ["batch_stats"] if mutable else False
         new_bs: dict[str, Any] = {"cells": []}
@@ -749,6 +771,15 @@ class Supernet:
             y, upd = _apply_op(mod, p, b, x, k, train, bool(mut), codes)
             st = _memo_stats(codes, batch, memo) if collect else None
             return y, upd, st
+
+        def raw(mod, p, b, x, k):
+            # An edge op as it is: (y, NwotStats of its inner ReLUs or None).
+            y, _, st, _ = self._op_call(mod, train, bool(mut), collect)(p, b, x, k)
+            return y, st
+
+        # What the unrolled discrete edges use besides `run` (_unrolled_discrete).
+        run.raw = raw
+        run.counts = lambda mod, shape: self._op_counts(mod, train, collect, shape)
 
         s, new_bs["stem"], _ = run(self._stem, params["stem"], bstats["stem"], images)
         s0 = s1 = s
@@ -926,35 +957,27 @@ class Supernet:
         Returns:
           ``(nodes: list of 4 [B, h, w, C], _EdgeStats or None, new edge BN stats)``.
         """
+        if discrete:
+            return self._unrolled_discrete(
+                cell, cp_edges, cb_edges, x0, x1, arch, edge_keys, run, batch, collect
+            )
         zero = _EdgeStats.zeros(batch)
         states = [x0, x1]
         stats = zero if collect else None
         new_b = {gname: [None] * len(edges) for gname, edges in _GROUPS}
-        pos = {
-            e: (g, i)
-            for g, (_, edges) in enumerate(_GROUPS)
-            for i, e in enumerate(edges)
-        }
         for n in range(NUM_NODES):
             node = None
             for e in (e for e in range(NUM_EDGES) if EDGE_NODE[e] == n):
-                g, i = pos[e]
+                g, i = _EDGE_POS[e]
                 gname = _GROUPS[g][0]
                 pe = jax.tree.map(lambda a, i=i: a[i], cp_edges[gname])
                 be = jax.tree.map(lambda a, i=i: a[i], cb_edges[gname])
                 src = EDGE_INPUT[e]
-                x = states[src]
                 mods = [self._op(name, cell, g) for name in self.op_names]
-                if discrete:
-                    node, st = self._discrete_edge(
-                        mods, pe, be, arch[e], x, src, edge_keys[e], run, zero, node
-                    )
-                    new_b[gname][i] = be
-                else:
-                    y, st, new_b[gname][i] = self._dense_edge(
-                        mods, pe, be, arch[e], x, src, edge_keys[e], run, zero
-                    )
-                    node = y if node is None else node + y
+                y, st, new_b[gname][i] = self._dense_edge(
+                    mods, pe, be, arch[e], states[src], src, edge_keys[e], run, zero
+                )
+                node = y if node is None else node + y
                 if collect:
                     stats = stats + st
             states.append(node)
@@ -964,28 +987,78 @@ class Supernet:
         }
         return states[2:], stats, new_edges
 
-    def _discrete_edge(self, mods, pe, be, a, x, src, ke, run, zero, acc):
+    def _unrolled_discrete(
+        self, cell, cp_edges, cb_edges, x0, x1, arch, edge_keys, run, batch, collect
+    ):
+        """The discrete form of :meth:`_unrolled_edges`: one ``lax.switch`` per edge.
+
+        A branch slices its own op's variables out of the edge group's stacked
+        variables (an op that is not chosen costs nothing) and adds its output to
+        the node. The Gram matrix of the ops' inner ReLUs (inside separable
+        convolutions) runs through the switches as one accumulator that only those
+        ops add to. What is static per op (how many of its ReLUs read the edge's
+        input, how many units the others have) is tabulated once traced and picked
+        by the choices after the switches.
+        """
+        states = [x0, x1]
+        gram = jnp.zeros((batch, batch), jnp.int32) if collect else None
+        tables = []  # per edge, per op: (input reads, inner units)
+        for n in range(NUM_NODES):
+            node = None
+            for e in (e for e in range(NUM_EDGES) if EDGE_NODE[e] == n):
+                g, i = _EDGE_POS[e]
+                gname = _GROUPS[g][0]
+                mods = [self._op(name, cell, g) for name in self.op_names]
+                x = states[EDGE_INPUT[e]]
+                node, gram = self._discrete_edge(
+                    mods, cp_edges[gname], cb_edges[gname], i, arch[e], x,
+                    edge_keys[e], run, node, gram,
+                )  # fmt: skip
+                if collect:
+                    tables.append(
+                        [
+                            (0, 0) if name == "none" else run.counts(mods[d], x.shape)
+                            for d, name in enumerate(self.op_names)
+                        ]
+                    )
+            states.append(node)
+        if not collect:
+            return states[2:], None, cb_edges
+        tab = jnp.asarray(np.array(tables, np.int32))  # [14, D, 2]
+        picked = jnp.take_along_axis(tab, arch[:, None, None], 1)[:, 0]  # [14, 2]
+        src = np.eye(_NUM_STATES, dtype=np.int32)[np.array(EDGE_INPUT)]  # [14, 6]
+        reads = (jnp.asarray(src) * picked[:, :1]).sum(0)
+        codes = NwotStats(gram, jnp.diagonal(gram), picked[:, 1].sum())
+        return states[2:], _EdgeStats(codes, reads), cb_edges
+
+    def _discrete_edge(self, mods, pg, bg, i, a, x, ke, run, acc, gram):
         """``acc + op_a(x)`` (``op_a(x)`` when ``acc`` is None) via ``lax.switch``.
 
-        ``x`` is cell state ``src``; returns ``(node, _EdgeStats)``.
+        ``pg``/``bg`` are the edge group's stacked variables and ``i`` the edge's
+        row; ``gram`` the running inner-ReLU Gram (None without statistics).
+        Returns ``(node, gram)``.
         """
 
         def make_branch(d):
             name = self.op_names[d]
 
-            def branch(pe, be, x, ke, acc):
+            def branch(pg, bg, x, ke, acc, gram):
                 if name == "none":  # exact zeros: nothing to add
                     if acc is None:
-                        return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), zero
-                    return acc, zero
-                pd, bd = pe.get(name, {}), be.get(name, {})
-                y, _, st = run(mods[d], pd, bd, x, ke, src=src)
-                return (y if acc is None else acc + y), (st if st is not None else zero)
+                        return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), gram
+                    return acc, gram
+                pd = jax.tree.map(lambda t: t[i], pg.get(name, {}))
+                bd = jax.tree.map(lambda t: t[i], bg.get(name, {}))
+                y, st = run.raw(mods[d], pd, bd, x, ke)
+                node = y if acc is None else acc + y
+                if gram is not None and run.counts(mods[d], x.shape)[1]:
+                    gram = gram + st.gram
+                return node, gram
 
             return branch
 
         branches = [make_branch(d) for d in range(len(self.op_names))]
-        return lax.switch(a, branches, pe, be, x, ke, acc)
+        return lax.switch(a, branches, pg, bg, x, ke, acc, gram)
 
     def _op_out_shape(self, mod, x):
         stride = getattr(mod, "stride", 1)
