@@ -312,40 +312,27 @@ def avg_pool(x, stride: int, impl: str):
     return _window_sum(x, stride) / count
 
 
-#: BatchNorm's epsilon (PyTorch's default).
-BN_EPSILON = 1e-5
-#: Key of the folded inverse standard deviation in evaluation-mode BN statistics.
-INV_STD = "inv_std"
-
-
 class BatchNorm(nn.Module):
     """BatchNorm over all but the last axis, with PyTorch's conventions."""
 
     affine: bool = True
     momentum: float = 0.1
-    epsilon: float = BN_EPSILON
+    epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
-        if not train and self.has_variable("batch_stats", INV_STD):
-            # Running statistics prepared by `fold_eval_stats`: no rsqrt here.
-            if self.epsilon != BN_EPSILON:
-                raise ValueError(
-                    f"statistics folded with epsilon {BN_EPSILON} reached a BatchNorm "
-                    f"with epsilon {self.epsilon}: pass unfolded statistics"
-                )
-            mean = self.get_variable("batch_stats", "mean")
-            inv = self.get_variable("batch_stats", INV_STD)
-            return self._affine((x - mean.astype(x.dtype)) * inv.astype(x.dtype))
         ra_mean = self.variable(
             "batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32)
         )
         ra_var = self.variable(
             "batch_stats", "var", lambda: jnp.ones((c,), jnp.float32)
         )
+        if self.affine:
+            scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+            bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         if train:
-            affine = (self._scale(c), self._bias(c)) if self.affine else ()
+            affine = (scale, bias) if self.affine else ()
             y, mean, var = _batch_norm_train(x, self.epsilon, *affine)
             if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
                 n = x.size // c
@@ -354,40 +341,10 @@ class BatchNorm(nn.Module):
                 ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
             return y
         mean, var = ra_mean.value, ra_var.value
-        inv = lax.rsqrt(var + self.epsilon)
-        return self._affine((x - mean.astype(x.dtype)) * inv.astype(x.dtype))
-
-    def _scale(self, c: int) -> jax.Array:
-        return self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-
-    def _bias(self, c: int) -> jax.Array:
-        return self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-
-    def _affine(self, y: jax.Array) -> jax.Array:
-        if not self.affine:
-            return y
-        c = y.shape[-1]
-        return y * self._scale(c).astype(y.dtype) + self._bias(c).astype(y.dtype)
-
-
-def fold_eval_stats(batch_stats: Any) -> Any:
-    """Running BN statistics ready for evaluation: ``var`` -> ``rsqrt(var + eps)``.
-
-    Every ``{"mean", "var"}`` dict of :class:`BatchNorm` running statistics becomes
-    ``{"mean", "inv_std"}``, which :class:`BatchNorm` in evaluation mode
-    (``train=False``) multiplies by instead of taking the square root itself: the
-    same arithmetic and the same result, done once per call over stacked statistics
-    instead of inside every op (each per-edge ``lax.switch`` branch of the supernet
-    would otherwise hold its own small kernel for it). Not for training.
-    """
-    if isinstance(batch_stats, dict):
-        if set(batch_stats) == {"mean", "var"}:
-            inv = lax.rsqrt(batch_stats["var"] + BN_EPSILON)
-            return {"mean": batch_stats["mean"], INV_STD: inv}
-        return {k: fold_eval_stats(v) for k, v in batch_stats.items()}
-    if isinstance(batch_stats, (list, tuple)):
-        return type(batch_stats)(fold_eval_stats(v) for v in batch_stats)
-    return batch_stats
+        y = (x - mean.astype(x.dtype)) * lax.rsqrt(var + self.epsilon).astype(x.dtype)
+        if self.affine:
+            y = y * scale.astype(x.dtype) + bias.astype(x.dtype)
+        return y
 
 
 def _batch_norm_train(x, epsilon: float, scale=None, bias=None):

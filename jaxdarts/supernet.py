@@ -18,10 +18,10 @@ weighted and rematerialised for the backward pass (dense), or one ``lax.switch``
 (discrete); or unrolled in Python (``edges="unroll"``, discrete path: faster rewards,
 longer compiles). Each op is one jitted function per module, traced once however many
 edges run it. NWOT statistics of a cell state that several ops ReLU as their input
-are computed once per cell and counted per op. A ``lax.switch`` branch does only its
-own op's work: it slices that op's variables itself, and in evaluation mode BN's
-``rsqrt`` of the running variances is taken once per call for all of them
-(:func:`jaxdarts.ops.fold_eval_stats`).
+are computed once per cell and counted per op. A discrete edge's ``lax.switch``
+branch does only its own op's work: it slices that op's variables itself and adds
+its inner ReLUs' Gram matrix to one accumulator; what is static per op (its ReLU
+counts) is picked after the switches.
 
 Reference semantics (docs/semantics.md): ops whose softmax weight is <= ``eps`` (1e-3)
 contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
@@ -742,8 +742,6 @@ class Supernet:
         if key is None:
             key = jax.random.key(0)
         params, bstats = variables["params"], variables["batch_stats"]
-        if not train:
-            bstats = ops_lib.fold_eval_stats(bstats)
         batch = images.shape[0]
         mut = ["batch_stats"] if mutable else False
         new_bs: dict[str, Any] = {"cells": []}
@@ -777,9 +775,11 @@ class Supernet:
             y, _, st, _ = self._op_call(mod, train, bool(mut), collect)(p, b, x, k)
             return y, st
 
-        # What the unrolled discrete edges use besides `run` (_unrolled_discrete).
+        # What the discrete edges use besides `run` (_unrolled_discrete and
+        # _scan_discrete): an op as it is, and its static counts once traced.
         run.raw = raw
         run.counts = lambda mod, shape: self._op_counts(mod, train, collect, shape)
+        run.collects = collect
 
         s, new_bs["stem"], _ = run(self._stem, params["stem"], bstats["stem"], images)
         s0 = s1 = s
@@ -1143,9 +1143,7 @@ class Supernet:
 
         if discrete:
             xs = (arch[idx], keys[idx], src, dst)
-            return self._scan_discrete(
-                gp, gb, inputs, nodes, offset, xs, mods, run, zero
-            )
+            return self._scan_discrete(gp, gb, inputs, nodes, offset, xs, mods, run)
 
         def read(nodes, s):
             if inputs is not None:
@@ -1172,47 +1170,73 @@ class Supernet:
         )
         return nodes, st, new_b
 
-    def _scan_discrete(self, gp, gb, inputs, nodes, offset, xs, mods, run, zero):
+    def _scan_discrete(self, gp, gb, inputs, nodes, offset, xs, mods, run):
         """The discrete form of :meth:`_scan_edges`: one ``lax.switch`` per edge.
 
         Each edge's variables are one row of a flat ``[E, P]`` array and a branch
         slices only its own op's segment of it (one small slice per edge instead of
-        one per variable of every op). Eval-mode BN statistics do not change: they
-        are returned as they are.
+        one per variable of every op). As in :meth:`_unrolled_discrete`, the inner
+        ReLUs' Gram matrix is one accumulator in the carry and the per-op counts
+        are picked from static tables after the scan. Eval-mode BN statistics do
+        not change: they are returned as they are.
         """
         flat_p, lay_p = _flatten_edge_vars(gp, self.op_names)
         flat_b, lay_b = _flatten_edge_vars(gb, self.op_names)
         branches = [
-            self._switch_branch(mods, d, run, lay_p, lay_b, zero)
+            self._switch_branch(mods, d, run, lay_p, lay_b)
             for d in range(len(self.op_names))
         ]
+        arch, _, src, _ = xs
+        collect = run.collects
+        batch = nodes.shape[1]
 
         def body(carry, xs):
-            nodes, acc = carry
+            nodes, gram = carry
             i, a, ke, s_, d_ = xs
             # The branch slices its input: a `none` edge reads nothing.
             src_buf, at = (
                 (inputs, s_) if inputs is not None else (nodes, s_ - 2 + offset)
             )
-            y, st = lax.switch(a, branches, flat_p, flat_b, i, src_buf, at, s_, ke)
-            return (nodes.at[d_ + offset].add(y), acc + st), None
+            y, gram = lax.switch(a, branches, flat_p, flat_b, i, src_buf, at, ke, gram)
+            return (nodes.at[d_ + offset].add(y), gram), None
 
-        e = jnp.arange(xs[0].shape[0], dtype=jnp.int32)
-        (nodes, st), _ = lax.scan(body, (nodes, zero), (e,) + xs)
-        return nodes, st, gb
+        e = jnp.arange(arch.shape[0], dtype=jnp.int32)
+        gram = jnp.zeros((batch, batch), jnp.int32) if collect else None
+        (nodes, gram), _ = lax.scan(body, (nodes, gram), (e,) + xs)
+        if not collect:
+            return nodes, None, gb
+        shape = (inputs if inputs is not None else nodes).shape[1:]
+        tab = np.array(
+            [
+                (0, 0) if name == "none" else run.counts(mods[d], shape)
+                for d, name in enumerate(self.op_names)
+            ],
+            np.int32,
+        )  # [D, 2]: per op, (input reads, inner units)
+        picked = jnp.asarray(tab)[arch]  # [E, 2]
+        onehot = (src[:, None] == jnp.arange(_NUM_STATES)).astype(jnp.int32)
+        reads = (onehot * picked[:, :1]).sum(0)
+        codes = NwotStats(gram, jnp.diagonal(gram), picked[:, 1].sum())
+        return nodes, _EdgeStats(codes, reads), gb
 
-    def _switch_branch(self, mods, d, run, lay_p, lay_b, zero):
-        """Branch ``d`` of an edge's ``lax.switch``: ``(y, NwotStats)`` of op ``d``."""
+    def _switch_branch(self, mods, d, run, lay_p, lay_b):
+        """Branch ``d`` of an edge's ``lax.switch``: ``(y, gram)`` of op ``d``.
+
+        ``gram`` is the running inner-ReLU Gram (None without statistics), returned
+        with op ``d``'s inner ReLUs added.
+        """
         name = self.op_names[d]
 
-        def branch(flat_p, flat_b, i, buf, at, src, ke):
+        def branch(flat_p, flat_b, i, buf, at, ke, gram):
             x = buf[at]  # cell state `src`
             if name == "none":  # exact zeros
-                return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), zero
+                return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), gram
             pe = _unflatten_op(flat_p, i, lay_p.get(name))
             be = _unflatten_op(flat_b, i, lay_b.get(name))
-            y, _, st = run(mods[d], pe, be, x, ke, src=src)
-            return y, (st if st is not None else zero)
+            y, st = run.raw(mods[d], pe, be, x, ke)
+            if gram is not None and run.counts(mods[d], x.shape)[1]:
+                gram = gram + st.gram
+            return y, gram
 
         return branch
 

@@ -226,34 +226,3 @@ def test_impl_names():
     assert ops.resolve_impl("fused") == "fused"
     with pytest.raises(ValueError, match="'fused'"):
         ops.resolve_impl("winograd")
-
-
-@pytest.mark.parametrize("affine", [True, False])
-def test_eval_batchnorm_on_folded_statistics(affine):
-    """Evaluation-mode BN on `fold_eval_stats` output equals BN on the running
-    statistics bit for bit, and both equal a float64 NumPy BatchNorm."""
-    bn = ops.BatchNorm(affine=affine)
-    x = jax.random.normal(jax.random.key(0), (3, 4, 4, 5)) * 2 + 1
-    stats = {
-        "mean": jnp.array([0.3, -1.0, 0.0, 2.0, 0.5]),
-        "var": jnp.array([0.5, 2.0, 1.0, 1e-3, 7.0]),
-    }
-    params = {"scale": jnp.array([0.7, -1.3, 1.0, 2.0, 0.1]), "bias": jnp.arange(5.0)}
-    v = {"params": params if affine else {}, "batch_stats": stats}
-    folded = {"params": v["params"], "batch_stats": ops.fold_eval_stats(stats)}
-    assert set(folded["batch_stats"]) == {"mean", ops.INV_STD}
-    plain = jax.jit(lambda v: bn.apply(v, x, False))(v)
-    fast = jax.jit(lambda v: bn.apply(v, x, False))(folded)
-    np.testing.assert_array_equal(np.asarray(fast), np.asarray(plain))
-    s = {k: np.asarray(a, np.float64) for k, a in stats.items()}
-    want = (np.asarray(x, np.float64) - s["mean"]) / np.sqrt(s["var"] + 1e-5)
-    if affine:
-        want = want * np.asarray(params["scale"]) + np.asarray(params["bias"])
-    np.testing.assert_allclose(np.asarray(fast), want, rtol=1e-5, atol=1e-5)
-    # nested trees: only {"mean", "var"} dicts change; folding is for evaluation only
-    tree = {"cells": [{"pre0": stats, "other": {"count": jnp.ones(2)}}]}
-    out = ops.fold_eval_stats(tree)
-    assert set(out["cells"][0]["pre0"]) == {"mean", ops.INV_STD}
-    assert out["cells"][0]["other"]["count"] is tree["cells"][0]["other"]["count"]
-    with pytest.raises(ValueError, match="epsilon"):
-        ops.BatchNorm(affine=affine, epsilon=1e-3).apply(folded, x, False)

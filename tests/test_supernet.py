@@ -510,7 +510,10 @@ def test_kernel_equals_numpy_over_every_relu_that_ran(path, edges):
     variables = net.init(jax.random.key(0), (HW, HW, 1))
     images = jax.random.normal(jax.random.key(1), (BATCH, HW, HW, 1))
     if path == "discrete":
-        # every op in both cells, several convolutions reading the same state
+        # every op in both cells, several convolutions reading the same state; then
+        # other architectures through the same compiled program (the per-op counts
+        # are picked by the choices at run time)
+        archs = [ARCHS[1], ARCHS[0], ARCHS[2]]
         arch = net.choices_from_ops(*ARCHS[1])
 
         def f(v, a, b, x):
@@ -523,17 +526,22 @@ def test_kernel_equals_numpy_over_every_relu_that_ran(path, edges):
         def f(v, a, b, x):
             return net.apply_dense(v, a, b, x, collect=True)[1]
 
+        every = [list(DARTS_OPS)] * NUM_EDGES
+        archs = [(every, every)]
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ops_lib, "relu", recording_relu)
         compiled = jax.jit(f).lower(variables, *arch, images).compile()
-    stats = compiled(variables, *arch, images)
-    jax.block_until_ready(stats)
-    jax.effects_barrier()
-    c = np.concatenate([(x.reshape(BATCH, -1) > 0) for x in recorded], 1)
-    c = c.astype(np.int64)
-    want = c @ c.T + (1 - c) @ (1 - c).T
-    np.testing.assert_array_equal(np.asarray(stats.kernel()), want)
-    assert int(stats.units) == c.shape[1]
-    every = [list(DARTS_OPS)] * NUM_EDGES
-    normal, reduce = ARCHS[1] if path == "discrete" else (every, every)
-    assert c.shape[1] == counted_units(normal, reduce, HW, C, LAYERS)
+    for normal, reduce in archs:
+        if path == "discrete":
+            arch = net.choices_from_ops(normal, reduce)
+        recorded.clear()
+        stats = compiled(variables, *arch, images)
+        jax.block_until_ready(stats)
+        jax.effects_barrier()
+        c = np.concatenate([(x.reshape(BATCH, -1) > 0) for x in recorded], 1)
+        c = c.astype(np.int64)
+        want = c @ c.T + (1 - c) @ (1 - c).T
+        np.testing.assert_array_equal(np.asarray(stats.kernel()), want)
+        assert int(stats.units) == c.shape[1]
+        assert c.shape[1] == counted_units(normal, reduce, HW, C, LAYERS)
