@@ -19,9 +19,8 @@ weighted and rematerialised for the backward pass (dense), or one ``lax.switch``
 longer compiles). Each op is one jitted function per module, traced once however many
 edges run it. NWOT statistics of a cell state that several ops ReLU as their input
 are computed once per cell and counted per op. A discrete edge's ``lax.switch``
-branch does only its own op's work: it slices that op's variables itself and adds
-its inner ReLUs' Gram matrix to one accumulator; what is static per op (its ReLU
-counts) is picked after the switches.
+branch computes only its op's output and adds its inner ReLUs' Gram matrix to one
+accumulator; what is static per op (its ReLU counts) is picked after the switches.
 
 Reference semantics (docs/semantics.md): ops whose softmax weight is <= ``eps`` (1e-3)
 contribute nothing and their ReLUs are left out of the NWOT kernel; normal weights
@@ -992,13 +991,12 @@ class Supernet:
     ):
         """The discrete form of :meth:`_unrolled_edges`: one ``lax.switch`` per edge.
 
-        A branch slices its own op's variables out of the edge group's stacked
-        variables (an op that is not chosen costs nothing) and adds its output to
-        the node. The Gram matrix of the ops' inner ReLUs (inside separable
-        convolutions) runs through the switches as one accumulator that only those
-        ops add to. What is static per op (how many of its ReLUs read the edge's
-        input, how many units the others have) is tabulated once traced and picked
-        by the choices after the switches.
+        A branch adds its op's output to the node. The Gram matrix of the ops'
+        inner ReLUs (inside separable convolutions) runs through the switches as
+        one accumulator that only those ops add to, so the other branches compute
+        no statistics at all. What is static per op (how many of its ReLUs read
+        the edge's input, how many units the others have) is tabulated once traced
+        and picked by the choices after the switches.
         """
         states = [x0, x1]
         gram = jnp.zeros((batch, batch), jnp.int32) if collect else None
@@ -1010,10 +1008,11 @@ class Supernet:
                 gname = _GROUPS[g][0]
                 mods = [self._op(name, cell, g) for name in self.op_names]
                 x = states[EDGE_INPUT[e]]
+                pe = jax.tree.map(lambda a, i=i: a[i], cp_edges[gname])
+                be = jax.tree.map(lambda a, i=i: a[i], cb_edges[gname])
                 node, gram = self._discrete_edge(
-                    mods, cp_edges[gname], cb_edges[gname], i, arch[e], x,
-                    edge_keys[e], run, node, gram,
-                )  # fmt: skip
+                    mods, pe, be, arch[e], x, edge_keys[e], run, node, gram
+                )
                 if collect:
                     tables.append(
                         [
@@ -1031,25 +1030,22 @@ class Supernet:
         codes = NwotStats(gram, jnp.diagonal(gram), picked[:, 1].sum())
         return states[2:], _EdgeStats(codes, reads), cb_edges
 
-    def _discrete_edge(self, mods, pg, bg, i, a, x, ke, run, acc, gram):
+    def _discrete_edge(self, mods, pe, be, a, x, ke, run, acc, gram):
         """``acc + op_a(x)`` (``op_a(x)`` when ``acc`` is None) via ``lax.switch``.
 
-        ``pg``/``bg`` are the edge group's stacked variables and ``i`` the edge's
-        row; ``gram`` the running inner-ReLU Gram (None without statistics).
-        Returns ``(node, gram)``.
+        ``pe``/``be`` are the edge's variables; ``gram`` the running inner-ReLU Gram
+        (None without statistics). Returns ``(node, gram)``.
         """
 
         def make_branch(d):
             name = self.op_names[d]
 
-            def branch(pg, bg, x, ke, acc, gram):
+            def branch(pe, be, x, ke, acc, gram):
                 if name == "none":  # exact zeros: nothing to add
                     if acc is None:
                         return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), gram
                     return acc, gram
-                pd = jax.tree.map(lambda t: t[i], pg.get(name, {}))
-                bd = jax.tree.map(lambda t: t[i], bg.get(name, {}))
-                y, st = run.raw(mods[d], pd, bd, x, ke)
+                y, st = run.raw(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
                 node = y if acc is None else acc + y
                 if gram is not None and run.counts(mods[d], x.shape)[1]:
                     gram = gram + st.gram
@@ -1058,7 +1054,7 @@ class Supernet:
             return branch
 
         branches = [make_branch(d) for d in range(len(self.op_names))]
-        return lax.switch(a, branches, pg, bg, x, ke, acc, gram)
+        return lax.switch(a, branches, pe, be, x, ke, acc, gram)
 
     def _op_out_shape(self, mod, x):
         stride = getattr(mod, "stride", 1)
