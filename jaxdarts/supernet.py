@@ -141,6 +141,21 @@ class _EdgeStats(NamedTuple):
         return _EdgeStats(self.codes.scale(m), self.reads * m.astype(jnp.int32))
 
 
+def _picked_stats(gram: jax.Array, picked: jax.Array, src: jax.Array) -> _EdgeStats:
+    """A cell's edge statistics from the inner-ReLU Gram and the chosen ops' counts.
+
+    Args:
+      gram: ``[B, B]`` int32 Gram matrix of the chosen ops' inner ReLUs.
+      picked: ``[E, 2]`` int32, per edge, its op's (ReLUs reading the edge input,
+        inner units).
+      src: ``[E]`` int32 cell state each edge reads.
+    """
+    onehot = (src[:, None] == jnp.arange(_NUM_STATES)).astype(jnp.int32)
+    reads = (onehot * picked[:, :1]).sum(0)
+    # h_i = G_ii, as in codes_to_stats.
+    return _EdgeStats(NwotStats(gram, jnp.diagonal(gram), picked[:, 1].sum()), reads)
+
+
 def _gram_matmul(c: jax.Array) -> jax.Array:
     # 0/1 float32 products at HIGHEST precision: exact below 2**24 units (checked).
     return jnp.dot(c, c.T, precision=lax.Precision.HIGHEST).astype(jnp.int32)
@@ -757,8 +772,9 @@ class Supernet:
                 op = self._op_call(mod, train, bool(mut), collect)
                 y, upd, st, reads = op(p, b, x, k)
                 if src is None or not collect:
-                    # src is None only for the stem: a convolution of the images
-                    # with no ReLU before it, so no input code was left out.
+                    # The stem (a convolution of the images, no ReLU before it), or
+                    # a discrete edge, which counts its input codes itself: `st`
+                    # holds the op's other ReLUs only.
                     return y, upd, st
                 # An edge op on cell state `src`: its input code is counted per state.
                 onehot = jnp.arange(_NUM_STATES) == src
@@ -769,14 +785,8 @@ class Supernet:
             st = _memo_stats(codes, batch, memo) if collect else None
             return y, upd, st
 
-        def raw(mod, p, b, x, k):
-            # An edge op as it is: (y, NwotStats of its inner ReLUs or None).
-            y, _, st, _ = self._op_call(mod, train, bool(mut), collect)(p, b, x, k)
-            return y, st
-
         # What the discrete edges use besides `run` (_unrolled_discrete and
-        # _scan_discrete): an op as it is, and its static counts once traced.
-        run.raw = raw
+        # _scan_discrete): an op's static counts once traced.
         run.counts = lambda mod, shape: self._op_counts(mod, train, collect, shape)
         run.collects = collect
 
@@ -1014,21 +1024,25 @@ class Supernet:
                     mods, pe, be, arch[e], x, edge_keys[e], run, node, gram
                 )
                 if collect:
-                    tables.append(
-                        [
-                            (0, 0) if name == "none" else run.counts(mods[d], x.shape)
-                            for d, name in enumerate(self.op_names)
-                        ]
-                    )
+                    tables.append(self._count_table(mods, run, x.shape))
             states.append(node)
         if not collect:
             return states[2:], None, cb_edges
-        tab = jnp.asarray(np.array(tables, np.int32))  # [14, D, 2]
-        picked = jnp.take_along_axis(tab, arch[:, None, None], 1)[:, 0]  # [14, 2]
-        src = np.eye(_NUM_STATES, dtype=np.int32)[np.array(EDGE_INPUT)]  # [14, 6]
-        reads = (jnp.asarray(src) * picked[:, :1]).sum(0)
-        codes = NwotStats(gram, jnp.diagonal(gram), picked[:, 1].sum())
-        return states[2:], _EdgeStats(codes, reads), cb_edges
+        tab = np.stack(tables)  # [14, D, 2]
+        picked = jnp.take_along_axis(jnp.asarray(tab), arch[:, None, None], 1)[:, 0]
+        src = jnp.asarray(np.array(EDGE_INPUT, np.int32))
+        return states[2:], _picked_stats(gram, picked, src), cb_edges
+
+    def _count_table(self, mods, run, shape) -> np.ndarray:
+        """``[D, 2]`` int32: per op, (ReLUs reading its input, inner units) on
+        ``shape`` (ops already traced on it; ``none`` has neither)."""
+        return np.array(
+            [
+                (0, 0) if name == "none" else run.counts(mods[d], shape)
+                for d, name in enumerate(self.op_names)
+            ],
+            np.int32,
+        )
 
     def _discrete_edge(self, mods, pe, be, a, x, ke, run, acc, gram):
         """``acc + op_a(x)`` (``op_a(x)`` when ``acc`` is None) via ``lax.switch``.
@@ -1045,7 +1059,7 @@ class Supernet:
                     if acc is None:
                         return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), gram
                     return acc, gram
-                y, st = run.raw(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
+                y, _, st = run(mods[d], pe.get(name, {}), be.get(name, {}), x, ke)
                 node = y if acc is None else acc + y
                 if gram is not None and run.counts(mods[d], x.shape)[1]:
                     gram = gram + st.gram
@@ -1202,18 +1216,8 @@ class Supernet:
         if not collect:
             return nodes, None, gb
         shape = (inputs if inputs is not None else nodes).shape[1:]
-        tab = np.array(
-            [
-                (0, 0) if name == "none" else run.counts(mods[d], shape)
-                for d, name in enumerate(self.op_names)
-            ],
-            np.int32,
-        )  # [D, 2]: per op, (input reads, inner units)
-        picked = jnp.asarray(tab)[arch]  # [E, 2]
-        onehot = (src[:, None] == jnp.arange(_NUM_STATES)).astype(jnp.int32)
-        reads = (onehot * picked[:, :1]).sum(0)
-        codes = NwotStats(gram, jnp.diagonal(gram), picked[:, 1].sum())
-        return nodes, _EdgeStats(codes, reads), gb
+        picked = jnp.asarray(self._count_table(mods, run, shape))[arch]  # [E, 2]
+        return nodes, _picked_stats(gram, picked, src), gb
 
     def _switch_branch(self, mods, d, run, lay_p, lay_b):
         """Branch ``d`` of an edge's ``lax.switch``: ``(y, gram)`` of op ``d``.
@@ -1229,7 +1233,7 @@ class Supernet:
                 return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), gram
             pe = _unflatten_op(flat_p, i, lay_p.get(name))
             be = _unflatten_op(flat_b, i, lay_b.get(name))
-            y, st = run.raw(mods[d], pe, be, x, ke)
+            y, _, st = run(mods[d], pe, be, x, ke)
             if gram is not None and run.counts(mods[d], x.shape)[1]:
                 gram = gram + st.gram
             return y, gram
