@@ -12,6 +12,12 @@ compile time is its own field). Rows:
 * ``cont-acc-step --compat dartsrl`` at C=8, 5 cells, batch 32: the reference's
   weight-step cadence (a weight step after every sweep), env steps/s.
 
+Each command starts cold: a fresh persistent compilation cache of its own
+(``JAXDARTS_CACHE_DIR`` in the temporary folder), so that the compile row (the first
+chunk, with the final rollouts' program compiled alongside it) and the command's
+wall time (everything: data, compiles, updates, final rollouts, outputs) are those
+of a first run, whatever this machine's cache holds.
+
 ``--quick``: the ``quick`` preset (tiny supernet), 64 transitions per update.
 """
 
@@ -133,12 +139,14 @@ def run(rec: C.Recorder, quick: bool) -> None:
                 sup = random_supernet(out + "_supernet", variant, preset, sets)
                 sets = (*sets, f"supernet.checkpoint={sup}")
             cmd = search_command(variant, preset, n, sets, npz, out)
+            env["JAXDARTS_CACHE_DIR"] = out + "_jax_cache"  # cold: nothing cached
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             conf = {
                 "command": " ".join(cmd[1:]).replace(tmp, "TMP"),
                 "updates": UPDATES,
+                "compilation_cache": "fresh",
             }
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)

@@ -14,6 +14,7 @@ into a select that runs the supernet on every step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -33,6 +34,7 @@ __all__ = [
     "make_programs",
     "train_loop",
     "final_env_state",
+    "final_rollout_program",
     "final_architectures",
     "write_outputs",
     "summary_items",
@@ -210,6 +212,8 @@ class SearchRun:
       compile_s: seconds spent compiling chunks in this process.
       tb: the TensorBoard logger, or None.
       mesh: the mesh of ``--devices`` (the programs are traced under it), or None.
+      final_program: the final rollouts' program, compiled alongside the first
+        chunk (:func:`final_rollout_program`), or None (compiled when needed).
     """
 
     cfg: dict[str, Any]
@@ -220,6 +224,7 @@ class SearchRun:
     compile_s: float = 0.0
     tb: Any = None
     mesh: Any = None
+    final_program: Any = None
 
 
 def _records(run: SearchRun, metrics, n: int, run_s: float, compile_s: float):
@@ -269,9 +274,11 @@ def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: 
     compile_s = 0.0
     if n not in programs:
         log.info("compiling the search program (%d updates per call)...", n)
+        t0 = time.perf_counter()
         # the mesh while tracing: the discrete reward splits its envs (env.map_envs)
-        with use_mesh(run.mesh):
-            programs[n], compile_s = compile_timed(chunk_jit, state, env_params, n)
+        with use_mesh(run.mesh), _final_program_alongside(run, state, env_params):
+            programs[n], _ = compile_timed(chunk_jit, state, env_params, n)
+        compile_s = time.perf_counter() - t0
         # multi-host: line the processes up before the first collective (gloo gives
         # up after 30 s, and one process may have compiled from the cache)
         sharding.barrier("compiled")
@@ -351,39 +358,134 @@ def final_env_state(state, seed: int):
     return jax.tree.map(lambda x: x[seed, :1], state.env_state)
 
 
-def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any]]:
-    """Per seed: the deterministic and stochastic policies' architectures and
-    rewards (one episode each, continuing env 0 of the seed: its drifted weights
-    with the weight step) and the top-k seen during the search."""
+def _final_rollout(run: SearchRun):
+    """``(jitted evaluate_policy, its one-env env)``: the final rollouts' program
+    (``env`` and ``num_steps`` static; ``deterministic`` traced, so that both
+    rollouts share one compiled program)."""
+    import jax
+
+    from jaxdarts import env as env_lib
+    from jaxdarts.ppo import evaluate_policy
+
+    rollout = jax.jit(evaluate_policy, static_argnums=(1, 4))
+    return rollout, env_lib.LockstepEnv(run.setup.env, 1)
+
+
+def _final_args(run: SearchRun, state, env_params, seed: int, deterministic: bool):
+    """The traced arguments of seed ``seed``'s final rollout: ``(params, env_params,
+    key, deterministic, env_state)``."""
     import jax
     import jax.numpy as jnp
 
-    from jaxdarts import env as env_lib
+    return (
+        jax.tree.map(lambda x: x[seed], state.params),
+        jax.tree.map(lambda x: x[seed], env_params),
+        jax.random.key(run.cfg["seed"] + 1000 + seed),
+        jnp.asarray(deterministic),
+        final_env_state(state, seed),
+    )
+
+
+def final_rollout_program(run: SearchRun, state, env_params):
+    """Compiles the final rollouts' program ahead of time.
+
+    Args:
+      run: the search.
+      state: the search state (``[seeds, ...]`` leaves), arrays or their shapes
+        (``jax.ShapeDtypeStruct``); only the shapes are used.
+      env_params: the env parameters (``[seeds, ...]``), likewise.
+
+    Returns:
+      The compiled program, which :func:`final_architectures` runs when it is
+      ``run.final_program``.
+    """
+    import jax
+
+    rollout, one_env = _final_rollout(run)
+    params, env_params_s, key, det, env_state = jax.eval_shape(
+        lambda st, ep: _final_args(run, st, ep, 0, True), state, env_params
+    )
+    n = run.setup.env.episode_length
+    lowered = rollout.lower(params, one_env, env_params_s, key, n, det, env_state)
+    return lowered.compile()
+
+
+@contextlib.contextmanager
+def _final_program_alongside(run: SearchRun, state, env_params):
+    """Compiles the final rollouts' program on a second thread while the body runs
+    (the first chunk's compile), into ``run.final_program``.
+
+    XLA compiles a program mostly on one core, so the two compiles overlap instead
+    of following each other: the final rollouts hold the reward too, which is most
+    of a compile (a paper-size disc search: about a minute each on 2 CPU cores).
+    Only in a single process without ``--devices`` (elsewhere the program is
+    compiled when the rollouts start, as it is when this compile fails: its error
+    then comes up there).
+    """
+    import threading
+
+    import jax
+
+    from jaxdarts import sharding
+
+    if (
+        run.final_program is not None
+        or run.mesh is not None
+        or sharding.process_count() > 1
+    ):
+        yield
+        return
+    # shapes only, taken now: the chunk donates the state
+    shapes = jax.eval_shape(lambda *a: a, state, env_params)
+    result: dict[str, Any] = {}
+
+    def compile_final():
+        try:
+            result["program"] = final_rollout_program(run, *shapes)
+        except Exception as e:  # noqa: BLE001 - compiled again (and raised) when needed
+            log.debug("compiling the final rollouts alongside failed: %r", e)
+
+    thread = threading.Thread(target=compile_final, name="jaxdarts-final-compile")
+    thread.start()
+    try:
+        yield
+    finally:
+        # never leave it compiling: a thread inside XLA at exit aborts the process
+        thread.join()
+    run.final_program = result.get("program")
+
+
+def final_architectures(run: SearchRun, state, env_params) -> list[dict[str, Any]]:
+    """Per seed: the deterministic and stochastic policies' architectures and
+    rewards (one episode each, continuing env 0 of the seed: its drifted weights
+    with the weight step) and the top-k seen during the search.
+
+    Uses ``run.final_program`` if the first chunk's compile made it, else compiles.
+    """
     from jaxdarts.genotypes import to_json_dict
-    from jaxdarts.ppo import evaluate_policy
 
     env_cfg = run.setup.env
     space = env_cfg.supernet.space
-    # `deterministic` is traced, so both rollouts share one compiled program.
-    rollout = jax.jit(evaluate_policy, static_argnums=(1, 4))
-    one_env = env_lib.LockstepEnv(env_cfg, 1)
+    rollout, one_env = _final_rollout(run)
     out = []
     for s in range(run.setup.seeds):
-        params_s = jax.tree.map(lambda x, s=s: x[s], state.params)
-        env_params_s = jax.tree.map(lambda x, s=s: x[s], env_params)
-        env_state_s = final_env_state(state, s)
         res = {}
         for det in (True, False):
-            key = jax.random.key(run.cfg["seed"] + 1000 + s)
-            roll = rollout(
-                params_s,
-                one_env,
-                env_params_s,
-                key,
-                env_cfg.episode_length,
-                jnp.asarray(det),
-                env_state_s,
+            params, env_params_s, key, d, env_state = _final_args(
+                run, state, env_params, s, det
             )
+            if run.final_program is not None:
+                roll = run.final_program(params, env_params_s, key, d, env_state)
+            else:
+                roll = rollout(
+                    params,
+                    one_env,
+                    env_params_s,
+                    key,
+                    env_cfg.episode_length,
+                    d,
+                    env_state,
+                )
             alphas = np.asarray(roll.info["final_alphas"][-1, 0])
             name = "deterministic" if det else "stochastic"
             res[name] = (
@@ -644,7 +746,10 @@ def run(
                 run_dir.path,
             )
             return {"interrupted": True, "update": srun.done_updates}
-        log.info("compiling and playing the final policy rollouts...")
+        if srun.final_program is None:
+            log.info("compiling and playing the final policy rollouts...")
+        else:
+            log.info("playing the final policy rollouts...")
         results = final_architectures(srun, state, env_params)
         if not run_dir.writer:  # multi-host: process 0 writes the outputs
             return _non_writer_summary(srun, results)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -476,6 +477,9 @@ class Supernet:
         self._head = _Head(config.num_classes)
         self._ops: dict[tuple, nn.Module] = {}
         self._op_calls: dict[tuple, tuple] = {}
+        # Two threads may trace through one (cached) net at once, e.g. a search
+        # compiling its chunk and its final rollouts side by side.
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ modules
     def _preproc(self, cell: _CellPlan):
@@ -489,11 +493,12 @@ class Supernet:
     def _op(self, name: str, cell: _CellPlan, group: int) -> nn.Module:
         stride = 2 if cell.reduce and group == 0 else 1
         key = (name, cell.channels, stride)
-        if key not in self._ops:  # one module object per op kind (see _op_call)
-            self._ops[key] = ops_lib.make_op(
-                name, cell.channels, stride, affine=False, impl=self.config.impl
-            )
-        return self._ops[key]
+        with self._lock:
+            if key not in self._ops:  # one module object per op kind (see _op_call)
+                self._ops[key] = ops_lib.make_op(
+                    name, cell.channels, stride, affine=False, impl=self.config.impl
+                )
+            return self._ops[key]
 
     def _op_call(self, mod: nn.Module, train: bool, mutable: bool, collect: bool):
         """``(p, b, x, key) -> (y, new BN stats, NwotStats, input codes)`` of one op.
@@ -508,9 +513,16 @@ class Supernet:
         program is the same.
         """
         cache_key = (id(mod), train, mutable, collect)
-        fn = self._op_calls.get(cache_key)
-        if fn is not None:
-            return fn[1]
+        with self._lock:
+            entry = self._op_calls.get(cache_key)
+            if entry is None:
+                entry = self._new_op_call(mod, train, mutable, collect)
+                self._op_calls[cache_key] = entry
+        return entry[1]
+
+    @staticmethod
+    def _new_op_call(mod: nn.Module, train: bool, mutable: bool, collect: bool):
+        """``(mod, jitted op call, counts)``: the entry :meth:`_op_call` caches."""
 
         counts: dict[tuple, tuple[int, int]] = {}
 
@@ -525,10 +537,8 @@ class Supernet:
             reads = jnp.int32(len(codes) - len(inner))
             return y, upd, codes_to_stats(inner, x.shape[0]), reads
 
-        fn = jax.jit(op_call)
         # `mod` kept alive (and so its id); `counts` filled as each shape is traced.
-        self._op_calls[cache_key] = (mod, fn, counts)
-        return fn
+        return mod, jax.jit(op_call), counts
 
     def _op_counts(self, mod, train: bool, collect: bool, shape) -> tuple[int, int]:
         """``(input reads, inner units)`` of an op already traced on ``shape``.

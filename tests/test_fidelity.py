@@ -291,6 +291,10 @@ def test_final_rollout_uses_the_drifted_weights(tmp_path, digits):
     run = searching.SearchRun(cfg, setup, None, 1, 1)
     on_drifted = searching.final_architectures(run, drifted, setup.env_params)
     on_initial = searching.final_architectures(run, state, setup.env_params)
+    # compiled ahead (as a search does, alongside its first chunk): the same results
+    run.final_program = searching.final_rollout_program(run, drifted, setup.env_params)
+    assert searching.final_architectures(run, drifted, setup.env_params) == on_drifted
+    run.final_program = None
     r_drifted = on_drifted[0]["deterministic"][1]
     assert r_drifted != on_initial[0]["deterministic"][1]
 

@@ -177,6 +177,9 @@ def straight(tmp_path_factory):
 def test_end_summary_is_printed(straight):
     text = STDOUT["straight"]
     assert "compiling the search program" in text
+    # the final rollouts' program was compiled alongside the first chunk
+    assert "playing the final policy rollouts" in text
+    assert "compiling and playing" not in text
     summary = text[text.index("search finished in") :]
     for word in ("genotype", "its reward", "at the start", "wall time", str(straight)):
         assert word in summary
