@@ -209,7 +209,8 @@ class SearchRun:
       run_dir: the run folder (:class:`jaxdarts.runs.RunDir`).
       total_updates: PPO updates of the whole search.
       done_updates: updates done so far (restored on resume).
-      compile_s: seconds spent compiling chunks in this process.
+      compile_s: seconds spent compiling chunks in this process (the first one's
+        includes the final rollouts' program, compiled alongside it).
       tb: the TensorBoard logger, or None.
       mesh: the mesh of ``--devices`` (the programs are traced under it), or None.
       final_program: the final rollouts' program, compiled alongside the first
