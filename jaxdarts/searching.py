@@ -267,9 +267,9 @@ def _warn_invalid(rec: dict[str, Any]) -> None:
 
 def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: int):
     """One chunk of ``n`` updates: compiled ahead of time on first use (timed
-    apart, with a "compiling" line), then run and timed."""
+    apart, with a "compiling" line; the first compile also waits for the final
+    rollouts' program, compiled alongside), then run and timed."""
     from jaxdarts import sharding
-    from jaxdarts.runs import compile_timed
     from jaxdarts.sharding import use_mesh
 
     compile_s = 0.0
@@ -278,7 +278,7 @@ def _run_chunk(run: SearchRun, programs: dict, chunk_jit, state, env_params, n: 
         t0 = time.perf_counter()
         # the mesh while tracing: the discrete reward splits its envs (env.map_envs)
         with use_mesh(run.mesh), _final_program_alongside(run, state, env_params):
-            programs[n], _ = compile_timed(chunk_jit, state, env_params, n)
+            programs[n] = chunk_jit.lower(state, env_params, n).compile()
         compile_s = time.perf_counter() - t0
         # multi-host: line the processes up before the first collective (gloo gives
         # up after 30 s, and one process may have compiled from the cache)

@@ -523,7 +523,6 @@ class Supernet:
     @staticmethod
     def _new_op_call(mod: nn.Module, train: bool, mutable: bool, collect: bool):
         """``(mod, jitted op call, counts)``: the entry :meth:`_op_call` caches."""
-
         counts: dict[tuple, tuple[int, int]] = {}
 
         def op_call(p, b, x, k):
