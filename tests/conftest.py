@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import pytest
+
+_CACHE_VAR = "JAXDARTS_CACHE_DIR"
+
+
+def pytest_configure(config) -> None:
+    """One JAX compilation cache for the whole test run, in a temporary folder.
+
+    The first process (pytest itself, or xdist's controller) makes the folder and
+    exports it as ``JAXDARTS_CACHE_DIR``, which the xdist workers and the commands
+    the tests start inherit; every test process turns the cache on. A program
+    compiled by one test is then loaded, not compiled again, by the next one that
+    builds it, and no test writes into the user's own cache
+    (``~/.cache/jaxdarts``), which the CLI commands use by default. Tests of the
+    cache itself, and the multi-process runs, set their own folders.
+    """
+    if not hasattr(config, "workerinput"):
+        path = tempfile.mkdtemp(prefix="jaxdarts-test-cache-")
+        config._jaxdarts_cache = path  # type: ignore[attr-defined]
+        os.environ[_CACHE_VAR] = path
+    from jaxdarts.runs import enable_compilation_cache
+
+    enable_compilation_cache(os.environ[_CACHE_VAR])
+
+
+def pytest_unconfigure(config) -> None:
+    path = getattr(config, "_jaxdarts_cache", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
