@@ -187,11 +187,15 @@ def _window_sum_fused_bwd(stride, shape, g):
 _window_sum_fused.defvjp(_window_sum_fused_fwd, _window_sum_fused_bwd)
 
 
-def relu(x: jax.Array, codes: Codes) -> jax.Array:
-    """ReLU that records its input for the NWOT kernel when ``codes`` is a list."""
+def relu(x: jax.Array, codes: Codes, rectified: bool = False) -> jax.Array:
+    """ReLU that records its input for the NWOT kernel when ``codes`` is a list.
+
+    ``rectified``: ``x`` is already ``relu(raw)``; it is returned as it is and
+    recorded in place of ``raw`` (the same codes: ``relu(raw) > 0`` iff ``raw > 0``).
+    """
     if codes is not None:
         codes.append(x)
-    return jax.nn.relu(x)
+    return x if rectified else jax.nn.relu(x)
 
 
 def _out_size(n: int, k: int, stride: int, pad: int, dilation: int = 1) -> int:
@@ -437,17 +441,22 @@ class Conv(nn.Module):
 
 
 class ReLUConvBN(nn.Module):
-    """ReLU -> conv k x k -> BN (preprocessing, conv_1x1, conv_3x3)."""
+    """ReLU -> conv k x k -> BN (preprocessing, conv_1x1, conv_3x3).
+
+    ``rectified``: the caller passes ``relu(x)`` instead of ``x`` (same result and
+    codes; see :func:`relu`).
+    """
 
     features: int
     kernel: int = 1
     stride: int = 1
     pad: int = 0
     affine: bool = True
+    rectified: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False, codes: Codes = None):
-        x = relu(x, codes)
+        x = relu(x, codes, self.rectified)
         x = Conv(self.features, self.kernel, self.stride, self.pad)(x)
         return BatchNorm(self.affine)(x, train)
 
@@ -503,10 +512,14 @@ class SepConv(nn.Module):
 
 
 class FactorizedReduce(nn.Module):
-    """ReLU -> two offset 1x1 stride-2 convs (C/2 each), concatenated -> BN."""
+    """ReLU -> two offset 1x1 stride-2 convs (C/2 each), concatenated -> BN.
+
+    ``rectified`` as in :class:`ReLUConvBN`.
+    """
 
     features: int
     affine: bool = True
+    rectified: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False, codes: Codes = None):
@@ -514,7 +527,7 @@ class FactorizedReduce(nn.Module):
             raise ValueError(
                 f"FactorizedReduce needs an even channel count, got {self.features}"
             )
-        x = relu(x, codes)
+        x = relu(x, codes, self.rectified)
         a = Pointwise(self.features // 2)(x[:, ::2, ::2])
         b = Pointwise(self.features // 2)(x[:, 1::2, 1::2])
         if a.shape != b.shape:

@@ -226,3 +226,32 @@ def test_impl_names():
     assert ops.resolve_impl("fused") == "fused"
     with pytest.raises(ValueError, match="'fused'"):
         ops.resolve_impl("winograd")
+
+
+@pytest.mark.parametrize("mod", [ops.ReLUConvBN(6), ops.FactorizedReduce(6)])
+def test_rectified_input_gives_the_same_output_codes_and_gradient(mod):
+    """A preprocessing op told that its input is already ``relu(x)`` (the supernet
+    rectifies cell states once) equals the op on ``x``: output, recorded codes'
+    signs and input gradient, bit for bit; it applies no ReLU of its own."""
+    x = jax.random.normal(jax.random.key(5), (2, 8, 8, 4))
+    variables = mod.init(jax.random.key(0), x)
+    fast = mod.clone(rectified=True)
+
+    def plain(x):
+        codes = []
+        return mod.apply(variables, x, True, codes), codes
+
+    def rect(x):
+        codes = []
+        return fast.apply(variables, jax.nn.relu(x), True, codes), codes
+
+    (y0, c0), (y1, c1) = plain(x), rect(x)
+    np.testing.assert_array_equal(np.asarray(y0), np.asarray(y1))
+    assert len(c0) == len(c1) == 1
+    np.testing.assert_array_equal(np.asarray(c0[0] > 0), np.asarray(c1[0] > 0))
+    assert float(jnp.min(c1[0])) == 0.0  # the recorded input is the rectified one
+    g0 = jax.grad(lambda x: jnp.sum(plain(x)[0] ** 2))(x)
+    g1 = jax.grad(lambda x: jnp.sum(rect(x)[0] ** 2))(x)
+    np.testing.assert_array_equal(np.asarray(g0), np.asarray(g1))
+    # on a raw input the rectified op differs: it really skips its ReLU
+    assert not np.array_equal(np.asarray(fast.apply(variables, x, True)), np.asarray(y0))

@@ -120,9 +120,9 @@ def one(net, variables, archs, data):
     config = RewardConfig(kind="nwot", path="discrete", invalid_reward=INVALID)
     original = ops_lib.relu
 
-    def recording_relu(x, codes):
+    def recording_relu(x, codes, rectified=False):
         jax.debug.callback(_record, x)
-        return original(x, codes)
+        return original(x, codes, rectified)
 
     def f(v, a, b, x, y):
         return score_one(net, v, a, b, x, y, config)

@@ -502,9 +502,9 @@ def test_kernel_equals_numpy_over_every_relu_that_ran(path, edges):
     recorded = []
     original = ops_lib.relu
 
-    def recording_relu(x, codes):
+    def recording_relu(x, codes, rectified=False):
         jax.debug.callback(lambda v: recorded.append(np.asarray(v)), x)
-        return original(x, codes)
+        return original(x, codes, rectified)
 
     net = Supernet(SupernetConfig(channels=C, layers=LAYERS, impl="xla", edges=edges))
     variables = net.init(jax.random.key(0), (HW, HW, 1))
