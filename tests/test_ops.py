@@ -254,4 +254,6 @@ def test_rectified_input_gives_the_same_output_codes_and_gradient(mod):
     g1 = jax.grad(lambda x: jnp.sum(rect(x)[0] ** 2))(x)
     np.testing.assert_array_equal(np.asarray(g0), np.asarray(g1))
     # on a raw input the rectified op differs: it really skips its ReLU
-    assert not np.array_equal(np.asarray(fast.apply(variables, x, True)), np.asarray(y0))
+    assert not np.array_equal(
+        np.asarray(fast.apply(variables, x, True)), np.asarray(y0)
+    )

@@ -418,16 +418,19 @@ def test_darts1_mode_trains_alphas_and_weights():
 @pytest.mark.slow
 def test_readme_quick_chain_pretrain_search_train(tmp_path):
     """The README's pattern at ``--preset quick``, through the three commands:
-    pretrain -> disc-ckpt-acc search on that supernet -> train of its genotype."""
+    pretrain -> disc-ckpt-acc search on that supernet -> train of its genotype.
+    The supernet has one cell (the search says so too, to match the checkpoint):
+    the same code paths as the preset's three, a third of the compile."""
     import json
 
     from jaxdarts import search as search_cmd
     from jaxdarts import train as train_cmd
 
     pre, run, ev = tmp_path / "sn", tmp_path / "s", tmp_path / "t"
-    argv = ["--preset", "quick", "--set", "train.epochs=1", "--out", str(pre)]
-    assert P.main(argv) == 0
+    argv = ["--preset", "quick", "--layers", "1", "--set", "train.epochs=1"]
+    assert P.main([*argv, "--out", str(pre)]) == 0
     argv = ["--variant", "disc-ckpt-acc", "--preset", "quick", "--total-steps", "256"]
+    argv += ["--set", "supernet.layers=1"]
     argv += ["--supernet-ckpt", str(pre / "supernet"), "--out", str(run)]
     assert search_cmd.main(argv) == 0
     genotype = run / "genotype.json"
