@@ -484,12 +484,13 @@ class Supernet:
     # ------------------------------------------------------------------ modules
     def _preproc(self, cell: _CellPlan):
         # Their inputs arrive rectified (`_forward`): they skip their own ReLU.
+        c = cell.channels
         p0 = (
-            ops_lib.FactorizedReduce(cell.channels, affine=True, rectified=True)
+            ops_lib.FactorizedReduce(c, affine=True, rectified=True)
             if cell.reduce_prev
-            else ops_lib.ReLUConvBN(cell.channels, 1, 1, 0, True, rectified=True)
+            else ops_lib.ReLUConvBN(c, 1, 1, 0, affine=True, rectified=True)
         )
-        return p0, ops_lib.ReLUConvBN(cell.channels, 1, 1, 0, True, rectified=True)
+        return p0, ops_lib.ReLUConvBN(c, 1, 1, 0, affine=True, rectified=True)
 
     def _op(self, name: str, cell: _CellPlan, group: int) -> nn.Module:
         stride = 2 if cell.reduce and group == 0 else 1
