@@ -20,7 +20,9 @@ from jaxdarts.data import load_dataset, split_indices
 from jaxdarts.rewards import INVALID_REWARD, RewardConfig, score_one
 from jaxdarts.supernet import SupernetConfig
 
-NET = SupernetConfig(channels=4, layers=1, num_classes=10)
+# XLA's own ops: quicker compiles than the CPU default's (the two are tested equal
+# in test_speed_equivalence.py; the search tests run the default).
+NET = SupernetConfig(channels=4, layers=1, num_classes=10, impl="xla")
 
 
 @pytest.fixture(scope="module")
