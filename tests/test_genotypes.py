@@ -29,7 +29,8 @@ from jaxdarts.genotypes import (
 from jaxdarts.spaces import EDGE_INPUT, EDGE_NODE, NUM_EDGES, get_space
 
 SENTINEL = 1e6
-FIRST_EDGE = (0, 2, 5, 9)  # first edge of each node (the reference implementation; docs/semantics.md)
+# first edge of each node (the reference implementation; docs/semantics.md)
+FIRST_EDGE = (0, 2, 5, 9)
 CONCAT = (2, 3, 4, 5)
 DISCRETE = [name for name in PUBLISHED if name.startswith("disc-")]
 # Two published cells list a node's pairs in ascending input order, which the
