@@ -12,6 +12,17 @@ import pytest
 
 _CACHE_VAR = "JAXDARTS_CACHE_DIR"
 
+# XLA:CPU compile options for the test processes: LLVM's code generation at -O0 and
+# XLA's quick-compile preset. The test programs are small and run briefly, so most
+# of the suite's time is compilation; these flags roughly halve it. They change how
+# fast the compiled code runs, not what it computes (every comparison in the suite
+# is either between two runs of the same flags or against NumPy within a
+# tolerance). Benchmarks and the commands run with XLA's defaults.
+TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_cpu_opt_preset=FAST_COMPILE",
+)
+
 
 def pytest_configure(config) -> None:
     """One JAX compilation cache for the whole test run, in a temporary folder.
@@ -28,6 +39,9 @@ def pytest_configure(config) -> None:
         path = tempfile.mkdtemp(prefix="jaxdarts-test-cache-")
         config._jaxdarts_cache = path  # type: ignore[attr-defined]
         os.environ[_CACHE_VAR] = path
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        flags += [f for f in TEST_XLA_FLAGS if f not in flags]
+        os.environ["XLA_FLAGS"] = " ".join(flags)
     from jaxdarts.runs import enable_compilation_cache
 
     enable_compilation_cache(os.environ[_CACHE_VAR])

@@ -266,7 +266,9 @@ def test_sharded_checkpoint_restores_across_device_counts(tmp_path):
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=(
+            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+        ).strip(),
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
     )
     proc = subprocess.run(

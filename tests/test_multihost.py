@@ -95,12 +95,14 @@ def npz(tmp_path_factory) -> Path:
     return path
 
 
+def _with_device_count(k: int) -> str:
+    """The test run's ``XLA_FLAGS`` (conftest's) with ``k`` forced CPU devices."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join([*flags, f"--xla_force_host_platform_device_count={k}"])
+
+
 def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("JAXDARTS_") and k != "XLA_FLAGS"
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXDARTS_")}
     env.update(JAX_PLATFORMS="cpu", JAXDARTS_PROGRESS="0", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
@@ -123,7 +125,7 @@ def _start(
     }
     if procs == 1:
         cmd = [sys.executable, "-m", f"jaxdarts.{argv[0]}", *argv[1:]]
-        env = _env(XLA_FLAGS=f"--xla_force_host_platform_device_count={k}", **base)
+        env = _env(XLA_FLAGS=_with_device_count(k), **base)
     else:
         cmd = [sys.executable, "-m", "jaxdarts.launch", "--processes", str(procs)]
         cmd += ["--devices-per-process", str(k), "--", *argv]
@@ -420,7 +422,7 @@ def test_dead_process_stops_the_others(tmp_path: Path) -> None:
     procs = []
     for i in range(2):
         env = _env(
-            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+            XLA_FLAGS=_with_device_count(2),
             JAXDARTS_COORDINATOR=f"127.0.0.1:{port}",
             JAXDARTS_NUM_PROCESSES="2",
             JAXDARTS_PROCESS_ID=str(i),
