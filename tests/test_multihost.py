@@ -97,8 +97,9 @@ def npz(tmp_path_factory) -> Path:
 
 def _with_device_count(k: int) -> str:
     """The test run's ``XLA_FLAGS`` (conftest's) with ``k`` forced CPU devices."""
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    return " ".join([*flags, f"--xla_force_host_platform_device_count={k}"])
+    force = "--xla_force_host_platform_device_count"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if force not in f]
+    return " ".join([*flags, f"{force}={k}"])
 
 
 def _env(**extra: str) -> dict[str, str]:
