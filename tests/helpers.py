@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
+
+
+def xla_flags_with_devices(k: int) -> str:
+    """The test run's ``XLA_FLAGS`` (with conftest's compile flags) forcing ``k``
+    CPU devices, for a subprocess: any device count already there is replaced."""
+    force = "--xla_force_host_platform_device_count"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if force not in f]
+    return " ".join([*flags, f"{force}={k}"])
 
 
 def assert_trees_equal(a: Any, b: Any) -> None:

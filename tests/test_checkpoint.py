@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import xla_flags_with_devices
 
 from jaxdarts.checkpoint import Checkpointer, load_pytree, save_pytree
 
@@ -266,9 +267,7 @@ def test_sharded_checkpoint_restores_across_device_counts(tmp_path):
     env = dict(os.environ)
     env.update(
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=(
-            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-        ).strip(),
+        XLA_FLAGS=xla_flags_with_devices(4),
         PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])]),
     )
     proc = subprocess.run(

@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from helpers import xla_flags_with_devices
 
 _SCRIPT = textwrap.dedent(
     """
@@ -76,9 +77,7 @@ _SCRIPT = textwrap.dedent(
 def test_discrete_reward_sharded_over_4_devices_equals_1_device(tmp_path: Path):
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
+    env["XLA_FLAGS"] = xla_flags_with_devices(4)
     script = tmp_path / "run.py"
     script.write_text(_SCRIPT)
     proc = subprocess.run(

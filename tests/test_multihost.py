@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import xla_flags_with_devices
 
 RTOL, ATOL = 1e-5, 1e-7
 TIMING = {"steps_per_s", "time", "images_per_s", "wall_s", "compile_s"}
@@ -95,13 +96,6 @@ def npz(tmp_path_factory) -> Path:
     return path
 
 
-def _with_device_count(k: int) -> str:
-    """The test run's ``XLA_FLAGS`` (conftest's) with ``k`` forced CPU devices."""
-    force = "--xla_force_host_platform_device_count"
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if force not in f]
-    return " ".join([*flags, f"{force}={k}"])
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXDARTS_")}
     env.update(JAX_PLATFORMS="cpu", JAXDARTS_PROGRESS="0", PYTHONUNBUFFERED="1")
@@ -126,7 +120,7 @@ def _start(
     }
     if procs == 1:
         cmd = [sys.executable, "-m", f"jaxdarts.{argv[0]}", *argv[1:]]
-        env = _env(XLA_FLAGS=_with_device_count(k), **base)
+        env = _env(XLA_FLAGS=xla_flags_with_devices(k), **base)
     else:
         cmd = [sys.executable, "-m", "jaxdarts.launch", "--processes", str(procs)]
         cmd += ["--devices-per-process", str(k), "--", *argv]
@@ -423,7 +417,7 @@ def test_dead_process_stops_the_others(tmp_path: Path) -> None:
     procs = []
     for i in range(2):
         env = _env(
-            XLA_FLAGS=_with_device_count(2),
+            XLA_FLAGS=xla_flags_with_devices(2),
             JAXDARTS_COORDINATOR=f"127.0.0.1:{port}",
             JAXDARTS_NUM_PROCESSES="2",
             JAXDARTS_PROCESS_ID=str(i),

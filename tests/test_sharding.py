@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import xla_flags_with_devices
 
 RTOL, ATOL = 1e-5, 1e-6
 DEVICES = 4
@@ -168,9 +169,7 @@ _TRAIN_STEPS = textwrap.dedent(
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
-    ).strip()
+    env["XLA_FLAGS"] = xla_flags_with_devices(DEVICES)
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
