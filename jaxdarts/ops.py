@@ -96,6 +96,22 @@ def _transposed_taps(g, k: int, stride: int, dilation: int, padded_hw, fill=0):
             yield i * k + j, lax.slice(gd, start, stop)
 
 
+def _channel_sums(terms: list[jax.Array]) -> list[jax.Array]:
+    """Per-channel sums of same-shaped ``[..., C]`` arrays, one ``[C]`` each.
+
+    One variadic reduction: XLA:CPU fuses every term's producer (a shifted slice
+    times a gradient) into a single pass over memory, where a reduction per term
+    copies its operand out first (2.5-4x faster for a depthwise kernel's gradient).
+    """
+    axes = tuple(range(terms[0].ndim - 1))
+    zeros = tuple(np.zeros((), t.dtype) for t in terms)
+
+    def add(a, b):
+        return tuple(u + v for u, v in zip(a, b, strict=True))
+
+    return list(lax.reduce(tuple(terms), zeros, add, axes))
+
+
 def _unpad(xp: jax.Array, pad: int) -> jax.Array:
     return xp[:, pad : xp.shape[1] - pad, pad : xp.shape[2] - pad]
 
@@ -116,8 +132,8 @@ def _depthwise_fused_bwd(stride, pad, dilation, res, g):
     k = kernel.shape[0]
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     ho, wo = g.shape[1], g.shape[2]
-    taps = [s for _, _, s in _shifted(xp, k, stride, dilation, ho, wo)]
-    dk = jnp.stack([jnp.einsum("bhwc,bhwc->c", s, g) for s in taps])
+    products = [s * g for _, _, s in _shifted(xp, k, stride, dilation, ho, wo)]
+    dk = jnp.stack(_channel_sums(products))
     dxp = sum(
         win * kernel[t // k, t % k]
         for t, win in _transposed_taps(g, k, stride, dilation, xp.shape[1:3])
@@ -390,12 +406,10 @@ def _bn_train_fwd(x, scale, bias, epsilon, affine):
 def _bn_train_bwd(epsilon, affine, res, cots):
     xc, inv, scale = res
     dy, dmean, dvar = cots
-    axes = tuple(range(xc.ndim - 1))
     n = xc.size // xc.shape[-1]
     dyf = dy.astype(jnp.float32)
     xhat = xc * inv
-    dbias = dyf.sum(axes)
-    dscale = (dyf * xhat).sum(axes)
+    dbias, dscale = _channel_sums([dyf, dyf * xhat])
     s = scale if affine else jnp.ones_like(scale)
     dx = inv * s * (dyf - dbias / n - xhat * (dscale / n))
     dx = dx + dmean / n + dvar * (2.0 / n) * xc

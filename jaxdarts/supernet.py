@@ -297,6 +297,31 @@ def _apply_op(mod, p, b, x, k, train: bool, mutable: bool, codes):
     return y, upd["batch_stats"]
 
 
+def _own_buffers(tree: Any, index: jax.Array) -> Any:
+    """``tree`` unchanged, held in buffers of its own (a fusion barrier on XLA:CPU).
+
+    An edge's variables in a scanned cell are a dynamic slice of the stacked ones,
+    and XLA fuses that slice into every consumer, re-evaluating its index for every
+    element read: a depthwise convolution whose tap weights arrive that way runs ~5x
+    slower on XLA:CPU. A conditional's operands and results are never fused across,
+    so passing the tree through one whose branch returns it makes each leaf a
+    buffer (a copy: the variables are small). Differentiated, the cotangents pass
+    through the same conditional: an edge input's gradient (the sum of every op's
+    transposed taps) is then computed by a fusion of its own, which runs on every
+    core, instead of inside the single-threaded in-place update of the carried
+    cotangent. ``index``: a traced, non-negative int32 scalar (here the edge's
+    index or source state), so that XLA cannot fold the condition away.
+
+    Other backends get ``tree`` as it is: a GPU runs a conditional by reading its
+    predicate back to the host, and its fusions do not have this cost.
+    """
+    if jax.default_backend() != "cpu":
+        return tree
+    return lax.cond(
+        index >= 0, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree
+    )
+
+
 class _OpLayout(NamedTuple):
     """Where one op's variables lie in a row of a flat ``[E, P]`` edge array."""
 
@@ -1185,6 +1210,7 @@ class Supernet:
         # The scan already keeps XLA from merging the recomputation away.
         @functools.partial(jax.checkpoint, prevent_cse=False)
         def edge(pe, be, w, x, s, ke):
+            pe, x = _own_buffers((pe, x), s)
             return self._dense_edge(mods, pe, be, w, x, s, ke, run, zero)
 
         def body(carry, xs):
@@ -1251,6 +1277,7 @@ class Supernet:
                 return jnp.zeros(self._op_out_shape(mods[d], x), x.dtype), gram
             pe = _unflatten_op(flat_p, i, lay_p.get(name))
             be = _unflatten_op(flat_b, i, lay_b.get(name))
+            pe, be = _own_buffers((pe, be), i)
             y, _, st = run(mods[d], pe, be, x, ke)
             if gram is not None and run.counts(mods[d], x.shape)[1]:
                 gram = gram + st.gram
