@@ -487,22 +487,23 @@ def test_own_buffers_is_the_identity_in_values_and_derivatives():
             for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(w), strict=True)
         )
 
+    def same(a, b):
+        jax.tree.map(
+            lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)),
+            a,
+            b,
+        )
+
     i = jnp.int32(2)
-    got = jax.jit(lambda t, i: _own_buffers(t, i))(tree, i)
-    for g, t in zip(jax.tree.leaves(got), jax.tree.leaves(tree), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(t))
-    grads = jax.jit(jax.grad(f))(tree, i)
-    for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(w), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(t))
+    same(jax.jit(_own_buffers)(tree, i), tree)
+    same(jax.jit(jax.grad(f))(tree, i), w)
     _, tangent = jax.jvp(lambda t: f(t, i), (tree,), (w,))
     want = sum(
         float(np.sum(np.asarray(a, np.float64) ** 2)) for a in jax.tree.leaves(w)
     )
     assert float(tangent) == pytest.approx(want, rel=1e-5)
     stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), tree)
-    batched = jax.vmap(lambda t: _own_buffers(t, i))(stacked)
-    for g, t in zip(jax.tree.leaves(batched), jax.tree.leaves(stacked), strict=True):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(t))
+    same(jax.vmap(lambda t: _own_buffers(t, i))(stacked), stacked)
     if jax.default_backend() == "cpu":
         assert "cond" in str(jax.make_jaxpr(lambda t: _own_buffers(t, i))(tree))
 
