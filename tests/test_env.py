@@ -240,9 +240,10 @@ def _assert_same_trajectories(out):
                     )
 
 
-def test_discrete_vmap_lockstep_and_single_envs_agree(disc):
+@pytest.mark.parametrize("n", [1, 3])
+def test_discrete_vmap_lockstep_and_single_envs_agree(disc, n):
+    """n = 1 takes the rule's batch-of-one path (no batching pass)."""
     cfg, params = disc
-    n = 3
     acts = np.random.default_rng(0).integers(0, cfg.num_ops, (29, n))
     out, _ = _three_forms(cfg, params, jnp.asarray(acts), jax.random.key(5), n)
     _assert_same_trajectories(out)
@@ -344,6 +345,83 @@ def test_continuous_steps_frames_and_weight_step_timing(cont):
     assert any(jax.tree.leaves(changed))
     # Weights carry over the reset; alphas are re-drawn.
     assert int(st1.t) == 0 and np.abs(np.asarray(st1.alpha_normal)).max() < 0.01
+
+
+# ------------------------------------------------------------ lockstep_cond
+def _counting_branches():
+    calls = {"true": 0, "false": 0}
+
+    def true_fn(op):
+        calls["true"] += 1
+        x, y = op
+        return 2.0 * x + y, jnp.sum(x)
+
+    def false_fn(op):
+        calls["false"] += 1
+        x, y = op
+        return x - y, -jnp.sum(x)
+
+    return calls, true_fn, false_fn
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_lockstep_cond_traces_each_branch_once_and_matches_numpy(n):
+    """Under vmap each branch's Python function runs once per trace (the unbatched
+    trace is reused by the vmap rule) and every element gets its own branch."""
+    calls, true_fn, false_fn = _counting_branches()
+
+    def f(pred, x, y):
+        return E.lockstep_cond(pred, true_fn, false_fn, (x, y))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = np.float32(0.5)  # unbatched operand leaf
+    vf = jax.jit(jax.vmap(f, (0, 0, None)))
+    for pred in ([True] * n, [False] * n, [i % 2 == 0 for i in range(n)]):
+        out, total = vf(jnp.asarray(pred), x, y)
+        p = np.asarray(pred)[:, None]
+        np.testing.assert_allclose(out, np.where(p, 2.0 * x + y, x - y), rtol=1e-6)
+        np.testing.assert_allclose(
+            total, np.where(p[:, 0], x.sum(1), -x.sum(1)), rtol=1e-6
+        )
+    assert calls == {"true": 1, "false": 1}  # one compile, each branch traced once
+
+
+def test_lockstep_cond_nested_vmaps_and_plain_call_match_numpy():
+    _, true_fn, false_fn = _counting_branches()
+
+    def f(pred, x):
+        return E.lockstep_cond(pred, true_fn, false_fn, (x, jnp.float32(1.0)))
+
+    x = np.random.default_rng(1).normal(size=(2, 1, 3)).astype(np.float32)
+    pred = np.array([[True], [False]])
+    out, total = jax.jit(jax.vmap(jax.vmap(f)))(jnp.asarray(pred), x)
+    np.testing.assert_allclose(out, np.where(pred[..., None], 2 * x + 1, x - 1))
+    np.testing.assert_allclose(total, np.where(pred, x.sum(-1), -x.sum(-1)))
+    out, total = f(jnp.asarray(False), x[0, 0])  # no vmap: a plain cond
+    np.testing.assert_allclose(out, x[0, 0] - 1)
+    np.testing.assert_allclose(total, -x[0, 0].sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_vmapped_step_traces_the_reward_once(disc, monkeypatch, n):
+    """The unbatched episode end and the rule's batched one share one trace of the
+    reward (the supernet's forward pass), and a batch of one needs no other."""
+    cfg, params = disc
+    traces = []
+    original = E.episode_reward
+
+    def counted(key, state, params):
+        traces.append(1)
+        return original(key, state, params)
+
+    monkeypatch.setattr(E, "episode_reward", counted)
+    keys = jax.random.split(jax.random.key(0), n)
+    _, st = jax.vmap(E.reset, (0, None))(keys, params)
+    jax.make_jaxpr(jax.vmap(E.step, (0, 0, 0, None)))(
+        keys, st, jnp.zeros((n,), jnp.int32), params
+    )
+    assert len(traces) == 1
 
 
 # ------------------------------------------------------------ supernet passes
