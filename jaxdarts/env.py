@@ -685,10 +685,10 @@ def lockstep_cond(
     @gated.def_vmap
     def rule(axis_size, in_batched, pred, operand):
         pred_batched, op_batched = in_batched
-        axes = jax.tree.map(lambda b: 0 if b else None, op_batched)
         if axis_size == 1:  # the traced branches as they are: no batching pass
             vtrue, vfalse = _on_one(true_fn, op_batched), _on_one(false_fn, op_batched)
         else:
+            axes = jax.tree.map(lambda b: 0 if b else None, op_batched)
             vfalse = jax.vmap(false_fn, in_axes=(axes,), axis_size=axis_size)
             if batched_true_fn is None:
                 vtrue = jax.vmap(true_fn, in_axes=(axes,), axis_size=axis_size)
